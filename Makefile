@@ -1,0 +1,63 @@
+# Two commands do all the set-up on a fresh Debian/Ubuntu machine:
+#   make serve   install what is needed, then run the all-in-one service
+#   make test    install what is needed, then run the test suite
+PYTHON ?= python3
+# The sandbox's interpreter must live under /usr: only /usr is visible inside the sandbox.
+SANDBOX_PYTHON ?= /usr/bin/python3
+VENV := .venv
+SANDBOX_VENV := .sandbox-venv
+SYSTEM_PACKAGES := bubblewrap nodejs gcc g++ python3-venv python3-seccomp e2fsprogs util-linux
+
+.PHONY: serve test lint bench system-packages clean
+
+serve: $(VENV)/.installed $(SANDBOX_VENV)/.installed
+	$(VENV)/bin/codeproxy serve
+
+test: $(VENV)/.dev-installed $(SANDBOX_VENV)/.installed
+	$(VENV)/bin/pytest -q
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check proxy executor storage tests examples
+	$(VENV)/bin/ruff format --check proxy executor storage tests examples
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.dev-installed $(SANDBOX_VENV)/.installed
+	$(VENV)/bin/python -m tests.bench
+
+system-packages:
+	@missing=""; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v setsid >/dev/null || missing="$$missing util-linux"; \
+	command -v mkfs.ext4 >/dev/null || missing="$$missing e2fsprogs"; \
+	$(SANDBOX_PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(SANDBOX_PYTHON) -c 'import seccomp' 2>/dev/null || missing="$$missing python3-seccomp"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages:$$missing"; \
+	    (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing"; \
+	    echo "run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | system-packages
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+$(SANDBOX_VENV)/.installed: executor/requirements-sandbox.txt | system-packages
+	test -x $(SANDBOX_VENV)/bin/python || $(SANDBOX_PYTHON) -m venv $(SANDBOX_VENV)
+	$(SANDBOX_VENV)/bin/pip install -q -r executor/requirements-sandbox.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(SANDBOX_VENV)

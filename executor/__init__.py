@@ -1,0 +1,1 @@
+"""The execution service: a pool of isolated sandboxes that run model-written code."""
