@@ -1,0 +1,1 @@
+"""The API service: auth, OpenAI-compatible routes and the code-interpreter tool loop."""

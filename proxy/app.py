@@ -1,0 +1,120 @@
+"""The API service's app factory and lifespan."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import APIRouter, FastAPI
+
+from executor.client import Executor
+from proxy.auth import Authenticator
+from proxy.deps import Services
+from proxy.errors import install_handlers
+from proxy.jsonutil import JSONResponse
+from proxy.middleware import RequestIdMiddleware
+from proxy.routes import files, health, models
+from proxy.settings import Settings
+from proxy.upstream import Upstream
+from storage.blobs import LocalBlobStore
+from storage.db import create_engine, create_tables, session_factory
+from storage.files import expired_files
+
+logger = logging.getLogger(__name__)
+
+EXPIRY_SWEEP_SECONDS = 300.0
+
+
+def create_app(
+    settings: Settings,
+    *,
+    executor: Executor | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Build the API service.
+
+    `executor` is the execution service to use (the all-in-one entrypoint passes an in-process
+    one); without it, `settings.executor_url` names remote executors, and with neither the
+    code interpreter is unavailable. The app owns the executor: it starts and closes it.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(settings.database)
+        await create_tables(engine)
+        db = session_factory(engine)
+        blobs = LocalBlobStore(settings.data_dir / "blobs")
+        blobs.setup()
+        signing_key = settings.signing_key()
+        upstream = Upstream(settings, transport=upstream_transport)
+        remote = executor
+        if remote is None and settings.executor_url:
+            if settings.internal_token is None:
+                raise RuntimeError(
+                    "CODEPROXY_INTERNAL_TOKEN is required with CODEPROXY_EXECUTOR_URL"
+                )
+            from executor.client import HttpExecutorClient
+
+            remote = HttpExecutorClient(
+                settings.executor_url, settings.internal_token.get_secret_value()
+            )
+        if remote is not None:
+            await remote.start()
+        app.state.services = Services(
+            settings=settings,
+            db=db,
+            blobs=blobs,
+            upstream=upstream,
+            auth=Authenticator(
+                static_keys=[k.get_secret_value() for k in settings.api_keys],
+                signing_key=signing_key,
+                sessions=db,
+            ),
+            executor=remote,
+            signing_key=signing_key,
+        )
+        sweeper = asyncio.create_task(_sweep_expired_files(app.state.services))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            if remote is not None:
+                await remote.aclose()
+            await upstream.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="codeproxy",
+        summary="An OpenAI-compatible endpoint with a sandboxed code interpreter.",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    install_handlers(app)
+    api = APIRouter()
+    for module in (files, models):
+        api.include_router(module.router)
+    app.include_router(health.router)
+    app.include_router(api, prefix="/v1")
+    # Clients whose base URL lacks /v1 reach the same routes.
+    app.include_router(api, include_in_schema=False)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+async def _sweep_expired_files(services: Services) -> None:
+    """Delete files past their `expires_at`, rows first, every few minutes."""
+    while True:
+        try:
+            async with services.db() as db:
+                for row in await expired_files(db, now=int(time.time())):
+                    await db.delete(row)
+                    await db.commit()
+                    await services.blobs.delete(row.blob_key)
+        except Exception:
+            logger.exception("expired-file sweep failed; retrying later")
+        await asyncio.sleep(EXPIRY_SWEEP_SECONDS)

@@ -1,0 +1,63 @@
+"""What routes reach through dependency injection: the services the lifespan owns."""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from executor.client import Executor
+from proxy.auth import Authenticator, Tenant
+from proxy.errors import ServiceUnavailableError
+from proxy.settings import Settings
+from proxy.upstream import Upstream
+from storage.blobs import BlobStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: async_sessionmaker[AsyncSession]
+    blobs: BlobStore
+    upstream: Upstream
+    auth: Authenticator
+    executor: Executor | None
+    signing_key: str
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_tenant(request: Request, services: ServicesDep) -> Tenant:
+    return await services.auth.authenticate(request.headers.get("authorization"))
+
+
+TenantDep = Annotated[Tenant, Depends(get_tenant)]
+
+
+async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
+    async with services.db() as session:
+        yield session
+
+
+DbDep = Annotated[AsyncSession, Depends(get_db)]
+
+
+def get_executor(services: ServicesDep) -> Executor:
+    if services.executor is None:
+        raise ServiceUnavailableError(
+            "No execution service is configured (set CODEPROXY_EXECUTOR_URL or run "
+            "`codeproxy serve`).",
+            code="sandbox_unavailable",
+        )
+    return services.executor
+
+
+ExecutorDep = Annotated[Executor, Depends(get_executor)]

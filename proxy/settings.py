@@ -1,0 +1,88 @@
+"""Settings of the API service, read from `CODEPROXY_*` variables and `.env`."""
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIB = 1024 * 1024
+SECRET_KEY_FILE = "secret_key"
+
+
+class Settings(BaseSettings):
+    """Everything the API service needs; built once in the entrypoint and passed in."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CODEPROXY_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    upstream_base_url: str = "https://api.openai.com/v1"
+    upstream_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CODEPROXY_UPSTREAM_API_KEY", "OPENAI_API_KEY"),
+    )
+    upstream_timeout: float = Field(default=600.0, gt=0)
+    upstream_connect_timeout: float = Field(default=10.0, gt=0)
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    secret_key: SecretStr | None = None
+
+    executor_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    internal_token: SecretStr | None = None
+    sandbox_backend: Literal["local", "e2b"] = "local"
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+    log_level: str = "info"
+
+    max_upload_bytes: int = Field(default=512 * MIB, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("executor_url", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        return value
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy async URL; SQLite in the data dir unless configured."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'codeproxy.db'}"
+
+    def signing_key(self) -> str:
+        """The HS256 key for JWTs and signed links.
+
+        Without CODEPROXY_SECRET_KEY, a strong key is generated on first use and kept (mode
+        0600) in the data dir, so tokens survive restarts and no default key ever exists.
+        """
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        path = self.data_dir / SECRET_KEY_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process won the race; use its key
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        return key

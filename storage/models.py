@@ -1,0 +1,60 @@
+"""Tables. Each concept is a `XBase` of shared fields, a `X(table=True)` row and, where it
+leaves the service, a `XPublic` shape in OpenAI's format."""
+
+from typing import Literal
+
+from sqlmodel import Field, SQLModel
+
+
+class ApiKey(SQLModel, table=True):
+    """A stored API key. Only its SHA-256 is kept; the key itself is shown once at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True)
+    tenant: str = Field(index=True)
+    key_hash: str = Field(unique=True, index=True)
+    prefix: str
+    created_at: int
+    revoked_at: int | None = None
+
+
+class FileBase(SQLModel):
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    expires_at: int | None = None
+
+
+class File(FileBase, table=True):
+    """An uploaded or generated file; its bytes live in the blob store under `blob_key`."""
+
+    __tablename__ = "files"
+
+    # A monotonic sequence gives list pagination a total order even within one second.
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, index=True)
+    tenant: str = Field(index=True)
+    sha256: str
+    blob_key: str
+    content_type: str = "application/octet-stream"
+
+    def public(self) -> "FilePublic":
+        return FilePublic(
+            id=self.id,
+            filename=self.filename,
+            purpose=self.purpose,
+            bytes=self.bytes,
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+        )
+
+
+class FilePublic(FileBase):
+    """OpenAI's FileObject."""
+
+    id: str
+    object: Literal["file"] = "file"
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    status_details: str | None = None
