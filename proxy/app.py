@@ -15,16 +15,17 @@ from proxy.deps import Services
 from proxy.errors import install_handlers
 from proxy.jsonutil import JSONResponse
 from proxy.middleware import RequestIdMiddleware
-from proxy.routes import files, health, models
+from proxy.routes import chat, code_interpreter, files, health, models
 from proxy.settings import Settings
 from proxy.upstream import Upstream
 from storage.blobs import LocalBlobStore
 from storage.db import create_engine, create_tables, session_factory
+from storage.executions import forget_old_content
 from storage.files import expired_files
 
 logger = logging.getLogger(__name__)
 
-EXPIRY_SWEEP_SECONDS = 300.0
+HOUSEKEEPING_SECONDS = 300.0
 
 
 def create_app(
@@ -76,7 +77,7 @@ def create_app(
             executor=remote,
             signing_key=signing_key,
         )
-        sweeper = asyncio.create_task(_sweep_expired_files(app.state.services))
+        sweeper = asyncio.create_task(_housekeeping(app.state.services))
         try:
             yield
         finally:
@@ -96,7 +97,7 @@ def create_app(
     )
     install_handlers(app)
     api = APIRouter()
-    for module in (files, models):
+    for module in (chat, code_interpreter, files, models):
         api.include_router(module.router)
     app.include_router(health.router)
     app.include_router(api, prefix="/v1")
@@ -106,15 +107,18 @@ def create_app(
     return app
 
 
-async def _sweep_expired_files(services: Services) -> None:
-    """Delete files past their `expires_at`, rows first, every few minutes."""
+async def _housekeeping(services: Services) -> None:
+    """Every few minutes: delete expired files (rows first) and forget old execution content."""
+    retention = services.settings.execution_retention_days * 86400
     while True:
         try:
+            now = int(time.time())
             async with services.db() as db:
-                for row in await expired_files(db, now=int(time.time())):
+                for row in await expired_files(db, now=now):
                     await db.delete(row)
                     await db.commit()
                     await services.blobs.delete(row.blob_key)
+                await forget_old_content(db, before=now - int(retention))
         except Exception:
-            logger.exception("expired-file sweep failed; retrying later")
-        await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
+            logger.exception("housekeeping failed; retrying later")
+        await asyncio.sleep(HOUSEKEEPING_SECONDS)

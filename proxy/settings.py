@@ -43,6 +43,14 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=512 * MIB, ge=1)
 
+    # The code-interpreter loop.
+    max_rounds: int = Field(default=10, ge=1)
+    tool_result_max_chars: int = Field(default=20_000, ge=1000)
+    keepalive_interval: float = Field(default=5.0, gt=0)
+    code_timeout: float | None = Field(default=None, gt=0)
+    max_output_files: int = Field(default=20, ge=0)
+    execution_retention_days: float = Field(default=30.0, ge=0)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

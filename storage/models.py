@@ -58,3 +58,22 @@ class FilePublic(FileBase):
     object: Literal["file"] = "file"
     status: Literal["uploaded", "processed", "error"] = "processed"
     status_details: str | None = None
+
+
+class Execution(SQLModel, table=True):
+    """An audit record of one code execution. `code` and `output` are dropped after the
+    retention period; the rest is kept."""
+
+    __tablename__ = "executions"
+
+    id: str = Field(primary_key=True)
+    tenant: str = Field(index=True)
+    session_id: str
+    source: str
+    language: str
+    status: str
+    duration_ms: int
+    created_at: int = Field(index=True)
+    code: str | None = None
+    output: str | None = None
+    file_ids: str = "[]"

@@ -148,6 +148,7 @@ class ScriptedUpstream:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.models = models or ["gpt-test"]
+        self.url = ""  # set once it is served
         # Seconds to wait before answering, to simulate a slow model.
         self.delay = 0.0
         self.app = Starlette(

@@ -17,7 +17,8 @@ from jose import jwt
 from proxy.app import create_app
 from proxy.auth import mint_token
 from proxy.settings import Settings
-from tests.proxy.conftest import KEY_A, run_server, sdk
+from tests.proxy.conftest import KEY_A, sdk
+from tests.servers import run_server
 
 SIGNING_KEY = "test-signing-key-" + "x" * 32
 

@@ -9,7 +9,8 @@ import pytest
 
 from proxy.app import create_app
 from proxy.settings import Settings
-from tests.proxy.conftest import KEY_A, run_server, sdk
+from tests.proxy.conftest import KEY_A, sdk
+from tests.servers import run_server
 
 AUTH = {"authorization": f"Bearer {KEY_A}"}
 
@@ -28,7 +29,7 @@ def error_of(response: httpx.Response, status: int) -> dict[str, object]:
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["message"]
     assert response.headers["x-request-id"].startswith("req_")
-    return body["error"]  # type: ignore[no-any-return]
+    return body["error"]
 
 
 def assert_nothing_stored(url: str, settings: Settings) -> None:
@@ -39,7 +40,7 @@ def assert_nothing_stored(url: str, settings: Settings) -> None:
 
 
 def post_form(url: str, files: object = None, data: object = None) -> httpx.Response:
-    return httpx.post(f"{url}/v1/files", headers=AUTH, files=files, data=data)  # type: ignore[arg-type]
+    return httpx.post(f"{url}/v1/files", headers=AUTH, files=files, data=data)
 
 
 def test_oversize_upload_is_413_and_kept_nowhere(small: tuple[str, Settings]) -> None:
@@ -77,7 +78,7 @@ def test_oversize_streamed_upload_without_length(small: tuple[str, Settings]) ->
 def test_unknown_purpose(small: tuple[str, Settings]) -> None:
     url, settings = small
     with pytest.raises(openai.BadRequestError) as exc:
-        sdk(url).files.create(file=("a.txt", io.BytesIO(b"a")), purpose="nonsense")  # type: ignore[arg-type]
+        sdk(url).files.create(file=("a.txt", io.BytesIO(b"a")), purpose="nonsense")
     assert exc.value.param == "purpose"
     assert_nothing_stored(url, settings)
 

@@ -32,7 +32,7 @@ def test_upload_retrieve_download_delete(proxy_url: str) -> None:
     assert deleted.deleted is True and deleted.id == created.id
     with pytest.raises(openai.NotFoundError) as exc:
         client.files.retrieve(created.id)
-    assert exc.value.body["message"] == f"No such File object: {created.id}"  # type: ignore[index]
+    assert exc.value.body["message"] == f"No such File object: {created.id}"
     with pytest.raises(openai.NotFoundError):
         client.files.content(created.id)
     with pytest.raises(openai.NotFoundError):

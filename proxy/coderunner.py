@@ -1,0 +1,197 @@
+"""Running code for a tenant: its session, its input files, its output files, its audit trail.
+
+Shared by the chat loop and the direct `/v1/code_interpreter` API. Everything a tenant names
+(session, file ids) is checked before any code runs or any upstream call is made.
+"""
+
+import base64
+import posixpath
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from executor.client import Executor
+from executor.errors import ExecutorError
+from executor.models import ExecuteRequest, ExecutionResult
+from proxy.deps import Services
+from proxy.filestore import open_file, require_file, store_file
+from proxy.ids import new_id
+from proxy.jsonutil import dumps
+from storage.models import Execution, File
+
+DATA = "/mnt/data"
+IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif"}
+
+
+@dataclass
+class SavedFile:
+    """A file the code produced, stored as a tenant file."""
+
+    file_id: str
+    filename: str
+    bytes: int
+    path: str | None = None  # where it lives in /mnt/data; None for displayed images
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "file_id": self.file_id,
+            "filename": self.filename,
+            "bytes": self.bytes,
+            "path": self.path,
+        }
+
+
+@dataclass
+class Run:
+    """One execution as this service reports it."""
+
+    id: str
+    code: str
+    language: str
+    result: ExecutionResult
+    files: list[SavedFile] = field(default_factory=list)
+    images: list[SavedFile] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "id": self.id,
+            "language": self.language,
+            "code": self.code,
+            "stdout": r.stdout,
+            "stderr": r.stderr,
+            "error": r.error.model_dump() if r.error else None,
+            "exit_code": r.exit_code,
+            "duration_ms": r.duration_ms,
+            "timed_out": r.timed_out,
+            "state_lost": r.state_lost,
+            "results": [o.model_dump() for o in r.results],
+            "files": [f.public() for f in self.files],
+            "images": [f.public() for f in self.images],
+        }
+
+
+class CodeRunner:
+    def __init__(self, services: Services, executor: Executor, tenant: str, *, source: str):
+        self.services = services
+        self.executor = executor
+        self.tenant = tenant
+        self.source = source
+        self.session_id: str | None = None
+        self.runs: list[Run] = []
+        # Input files to copy into the sandbox before the first run, by their /mnt/data name.
+        self._pending: dict[str, File] = {}
+
+    async def attach(self, *, session_id: str | None, file_ids: list[str]) -> None:
+        """Check the named session and files belong to the tenant (404 otherwise)."""
+        async with self.services.db() as db:
+            rows = [
+                await require_file(db, tenant=self.tenant, file_id=file_id) for file_id in file_ids
+            ]
+        if session_id is not None:
+            await self.executor.get_session(self.tenant, session_id)
+            self.session_id = session_id
+        taken: set[str] = set()
+        for row in rows:
+            name = row.filename if row.filename not in taken else f"{row.id}-{row.filename}"
+            taken.add(name)
+            self._pending[name] = row
+
+    @property
+    def pending_files(self) -> list[tuple[str, int]]:
+        return [(f"{DATA}/{name}", row.bytes) for name, row in self._pending.items()]
+
+    async def session(self) -> str:
+        """The session to run in: the attached one, or a new one; input files copied in."""
+        if self.session_id is None:
+            self.session_id = (await self.executor.create_session(self.tenant)).id
+        while self._pending:
+            name, row = next(iter(self._pending.items()))
+            chunks = await open_file(self.services.blobs, row)
+            await self.executor.upload_file(self.tenant, self.session_id, name, chunks)
+            del self._pending[name]
+        return self.session_id
+
+    async def run(self, code: str, language: str, *, timeout: float | None = None) -> Run:
+        session_id = await self.session()
+        result = await self.executor.execute(
+            self.tenant,
+            ExecuteRequest(
+                session_id=session_id,
+                code=code,
+                language=language,
+                timeout=timeout or self.services.settings.code_timeout,
+            ),
+        )
+        run = Run(id=new_id("exec_"), code=code, language=result.language, result=result)
+        await self._save_outputs(run)
+        self.runs.append(run)
+        await self._record(run)
+        return run
+
+    async def _save_outputs(self, run: Run) -> None:
+        settings = self.services.settings
+        budget = settings.max_output_files
+        for entry in run.result.files[:budget]:
+            try:
+                chunks = await self.executor.read_file(
+                    self.tenant, run.result.session_id, entry.path
+                )
+            except ExecutorError:
+                continue  # deleted again or replaced by something unreadable meanwhile
+            row = await self._store(posixpath.basename(entry.path), chunks)
+            run.files.append(SavedFile(row.id, row.filename, row.bytes, entry.path))
+        budget -= len(run.files)
+        for output in run.result.results:
+            for mime, ext in IMAGE_TYPES.items():
+                if mime in output.data and budget > 0:
+                    data = base64.b64decode(output.data[mime])
+                    row = await self._store(
+                        f"image_{run.id[5:13]}_{len(run.images) + 1}.{ext}", _once(data)
+                    )
+                    run.images.append(SavedFile(row.id, row.filename, row.bytes))
+                    budget -= 1
+                    break
+
+    async def _store(self, filename: str, chunks: AsyncIterator[bytes]) -> File:
+        return await store_file(
+            self.services.db,
+            self.services.blobs,
+            tenant=self.tenant,
+            filename=filename,
+            purpose="assistants_output",
+            chunks=chunks,
+            max_bytes=self.services.settings.max_upload_bytes,
+        )
+
+    async def _record(self, run: Run) -> None:
+        r = run.result
+        status = "timeout" if r.timed_out else "error" if r.error or r.exit_code else "ok"
+        keep = self.services.settings.execution_retention_days > 0
+        output = {
+            "stdout": r.stdout[:10_000],
+            "stderr": r.stderr[:10_000],
+            "error": r.error.model_dump() if r.error else None,
+        }
+        async with self.services.db() as db:
+            db.add(
+                Execution(
+                    id=run.id,
+                    tenant=self.tenant,
+                    session_id=r.session_id,
+                    source=self.source,
+                    language=run.language,
+                    status=status,
+                    duration_ms=r.duration_ms,
+                    created_at=int(time.time()),
+                    code=run.code if keep else None,
+                    output=dumps(output).decode() if keep else None,
+                    file_ids=dumps([f.file_id for f in run.files + run.images]).decode(),
+                )
+            )
+            await db.commit()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data

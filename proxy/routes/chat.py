@@ -1,0 +1,99 @@
+"""Chat Completions: passed through, or run through the code-interpreter loop."""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from proxy.coderunner import CodeRunner
+from proxy.deps import ServicesDep, TenantDep, get_executor
+from proxy.errors import InvalidRequestError
+from proxy.interpreter import plan_request
+from proxy.jsonutil import JSONResponse, dumps, loads
+from proxy.loop import ChatLoop
+from proxy.streaming import guarded
+from proxy.upstream import Upstream
+
+router = APIRouter(tags=["chat"])
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = loads(raw)
+    except ValueError:
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def check_chat(body: dict[str, Any]) -> None:
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise InvalidRequestError(
+            "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+        )
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError(
+            "Invalid 'messages': expected a non-empty array of messages.", param="messages"
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequestError(
+                f"Invalid 'messages[{i}]': expected an object with a 'role'.",
+                param=f"messages[{i}]",
+            )
+
+
+@router.post("/chat/completions")
+async def create_chat_completion(
+    request: Request, tenant: TenantDep, services: ServicesDep
+) -> Response:
+    """Create a chat completion; with a `code_interpreter` tool, code runs server-side."""
+    body = await read_json(request)
+    check_chat(body)
+    plan = plan_request(body)
+    stream = bool(body.get("stream"))
+    if plan is None:
+        if stream:
+            return await _stream_response(_relay(services.upstream, body))
+        return Response(
+            dumps(await services.upstream.post("chat/completions", body)),
+            media_type="application/json",
+        )
+    if body.get("n") not in (None, 1):
+        raise InvalidRequestError(
+            "'n' greater than 1 is not supported together with the code interpreter: each "
+            "choice would run its own code.",
+            param="n",
+        )
+    runner = CodeRunner(services, get_executor(services), tenant.id, source="chat")
+    await runner.attach(session_id=plan.container, file_ids=plan.file_ids)
+    loop = ChatLoop(
+        settings=services.settings, upstream=services.upstream, runner=runner, body=body, plan=plan
+    )
+    if stream:
+        return await _stream_response(loop.stream())
+    return JSONResponse(await loop.complete())
+
+
+async def _relay(upstream: Upstream, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async with upstream.stream("chat/completions", body) as response:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+
+
+async def _stream_response(events: AsyncIterator[bytes]) -> StreamingResponse:
+    """Start streaming only once the first bytes exist, so early errors get a real status."""
+    first = await anext(events, b"")
+    return StreamingResponse(
+        guarded(first, events), media_type="text/event-stream", headers=SSE_HEADERS
+    )

@@ -1,0 +1,71 @@
+"""The one SSE encoder of the API service, and the reader of the upstream's SSE.
+
+Chat Completions frames are `data: <json>\\n\\n` with no `event:` line, ended by
+`data: [DONE]`. Heartbeats are comment lines. An error after the first byte is one in-band
+`data: {"error": …}` frame, after which the stream ends.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import httpx
+
+from proxy.errors import UpstreamError, translate
+from proxy.jsonutil import dumps, loads
+
+T = TypeVar("T")
+
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keepalive\n\n"
+
+
+def frame(data: Any) -> bytes:
+    return b"data: " + dumps(data) + b"\n\n"
+
+
+async def read_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an upstream SSE stream, until `[DONE]` or its end."""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+            continue
+        if line or not data:
+            continue  # comments, `event:`/`id:` fields, blank lines between events
+        payload = "\n".join(data)
+        data.clear()
+        if payload == "[DONE]":
+            return
+        event = loads(payload)
+        if isinstance(event, dict) and isinstance(event.get("error"), dict):
+            raise UpstreamError(500, event, {})
+        yield event
+
+
+async def guarded(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Send `first`, then `rest`; an error after the first byte becomes one error frame."""
+    yield first
+    try:
+        async for chunk in rest:
+            yield chunk
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        yield frame(translate(exc).body())
+
+
+async def with_keepalive(task: "asyncio.Future[T]", interval: float) -> AsyncIterator[bytes]:
+    """Yield a heartbeat every `interval` seconds until `task` is done; cancel it if abandoned."""
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=interval)
+            if done:
+                return
+            yield KEEPALIVE
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
