@@ -177,3 +177,53 @@ def test_code_interpreter_loop_not_streamed(stack: Stack, replay: Replay) -> Non
     assert reply.usage is not None and reply.usage.total_tokens == 242 + 274
     assert reply.system_fingerprint == "fp_c27f75025a"
     assert replay.sent[-1]["messages"][-1]["content"] == "[stdout]\n5\n"
+
+
+def test_recorded_client_function_round_trip_with_the_interpreter_on(
+    stack: Stack, replay: Replay
+) -> None:
+    """The client's own function call and its follow-up, both through the loop (recorded)."""
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "",
+            "strict": True,
+            "parameters": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    tools = [weather, {"type": "code_interpreter"}]
+    question = {"role": "user", "content": "What's the weather in Paris?"}
+    client = stack.client()
+    with replay("chat-nonstream-tool-calls-and-tool-followup.yaml") as cassette:
+        first = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[question], tools=tools, tool_choice="auto"
+        )
+        [call] = first.choices[0].message.tool_calls or []
+        assert (call.id, call.function.arguments) == (
+            "call_HI3bFDQuCgzux3QrZyumWfQf",
+            '{"city":"Paris"}',
+        )
+        assert first.choices[0].finish_reason == "tool_calls"
+        second = client.chat.completions.create(
+            model="gpt-4o-mini",
+            tools=tools,
+            messages=[
+                question,
+                first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "It's sunny in Paris."},
+            ],
+        )
+        assert cassette.play_count == 2
+    assert second.choices[0].message.content == "The weather in Paris is sunny."
+    assert second.usage is not None and second.usage.total_tokens == 78
+    assert replay.sent[-1]["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": "call_HI3bFDQuCgzux3QrZyumWfQf",
+        "content": "It's sunny in Paris.",
+    }
