@@ -15,10 +15,11 @@ from proxy.deps import Services
 from proxy.errors import install_handlers
 from proxy.jsonutil import JSONResponse
 from proxy.middleware import RequestIdMiddleware
-from proxy.routes import chat, code_interpreter, files, health, models
+from proxy.routes import chat, code_interpreter, downloads, files, health, models
 from proxy.settings import Settings
 from proxy.upstream import Upstream
 from storage.blobs import LocalBlobStore
+from storage.conversations import purge_conversations
 from storage.db import create_engine, create_tables, session_factory
 from storage.executions import forget_old_content
 from storage.files import expired_files
@@ -97,7 +98,7 @@ def create_app(
     )
     install_handlers(app)
     api = APIRouter()
-    for module in (chat, code_interpreter, files, models):
+    for module in (chat, code_interpreter, downloads, files, models):
         api.include_router(module.router)
     app.include_router(health.router)
     app.include_router(api, prefix="/v1")
@@ -108,7 +109,8 @@ def create_app(
 
 
 async def _housekeeping(services: Services) -> None:
-    """Every few minutes: delete expired files (rows first) and forget old execution content."""
+    """Every few minutes: delete expired files (rows first), forget old execution content and
+    expired conversation records."""
     retention = services.settings.execution_retention_days * 86400
     while True:
         try:
@@ -119,6 +121,7 @@ async def _housekeeping(services: Services) -> None:
                     await db.commit()
                     await services.blobs.delete(row.blob_key)
                 await forget_old_content(db, before=now - int(retention))
+                await purge_conversations(db, now=now)
         except Exception:
             logger.exception("housekeeping failed; retrying later")
         await asyncio.sleep(HOUSEKEEPING_SECONDS)

@@ -22,6 +22,11 @@ class Tenant:
     id: str
 
 
+def static_tenant(key: str) -> str:
+    """The tenant of a static key from CODEPROXY_API_KEYS: derived, never the key itself."""
+    return "key-" + hash_key(key)[:16]
+
+
 def mint_token(signing_key: str, *, sub: str, ttl_minutes: float) -> str:
     """A JWT for tenant `sub`, valid for `ttl_minutes`."""
     now = int(time.time())
@@ -57,7 +62,7 @@ class Authenticator:
         signing_key: str,
         sessions: async_sessionmaker[AsyncSession],
     ) -> None:
-        self._static = {hash_key(k): "key-" + hash_key(k)[:16] for k in static_keys}
+        self._static = {hash_key(k): static_tenant(k) for k in static_keys}
         self._signing_key = signing_key
         self._sessions = sessions
 

@@ -18,6 +18,7 @@ from proxy.deps import Services
 from proxy.filestore import open_file, require_file, store_file
 from proxy.ids import new_id
 from proxy.jsonutil import dumps
+from storage.files import get_file
 from storage.models import Execution, File
 
 DATA = "/mnt/data"
@@ -83,19 +84,31 @@ class CodeRunner:
         # Input files to copy into the sandbox before the first run, by their /mnt/data name.
         self._pending: dict[str, File] = {}
 
-    async def attach(self, *, session_id: str | None, file_ids: list[str]) -> None:
-        """Check the named session and files belong to the tenant (404 otherwise)."""
+    async def attach(
+        self,
+        *,
+        session_id: str | None,
+        file_ids: list[str],
+        restore: dict[str, str] | None = None,
+    ) -> None:
+        """Check the named session and files belong to the tenant (404 otherwise).
+
+        `restore` maps /mnt/data paths to files to put back there (a conversation's files,
+        when its old sandbox is gone); those that no longer exist are skipped.
+        """
         async with self.services.db() as db:
             rows = [
                 await require_file(db, tenant=self.tenant, file_id=file_id) for file_id in file_ids
             ]
+            for path, file_id in (restore or {}).items():
+                row = await get_file(db, tenant=self.tenant, file_id=file_id)
+                if row is not None and path.startswith(DATA + "/"):
+                    self._pending[path[len(DATA) + 1 :]] = row
         if session_id is not None:
             await self.executor.get_session(self.tenant, session_id)
             self.session_id = session_id
-        taken: set[str] = set()
         for row in rows:
-            name = row.filename if row.filename not in taken else f"{row.id}-{row.filename}"
-            taken.add(name)
+            name = row.filename if row.filename not in self._pending else f"{row.id}-{row.filename}"
             self._pending[name] = row
 
     @property

@@ -157,6 +157,10 @@ class Plan:
     container: str | None = None
     file_ids: list[str] = field(default_factory=list)
     client_tools: list[dict[str, Any]] = field(default_factory=list)
+    # Turned on by server policy rather than by a `code_interpreter` tool in the request.
+    by_policy: bool = False
+    # How runs show in the visible reply: markdown, files or none.
+    transcript: str | None = None
 
 
 def plan_request(body: dict[str, Any]) -> Plan | None:
@@ -183,7 +187,7 @@ def plan_request(body: dict[str, Any]) -> Plan | None:
                 )
             others.append(tool)
             continue
-        plan = Plan()
+        plan = Plan(transcript=tool.get("transcript"))
         container = tool.get("container")
         file_ids = tool.get("file_ids", [])
         if isinstance(container, str):

@@ -4,12 +4,13 @@ The model gets a `code_interpreter` function. Each round calls the upstream; cal
 function run in the sandbox and their results go back to the model; the loop ends when the
 model answers without calling it (or calls one of the client's own functions, which goes
 back to the client as a normal `tool_calls` turn). The client sees one ordinary completion
-whose `usage` sums every upstream call.
+whose `usage` sums every upstream call. Visible pieces (the model's text, transcript blocks)
+are joined by blank lines; `sandbox:/mnt/data/…` links in the model's text become real links.
 """
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from executor.errors import InvalidRequest as ExecutorInvalidRequest
@@ -27,10 +28,14 @@ from proxy.interpreter import (
 )
 from proxy.settings import Settings
 from proxy.streaming import DONE, frame, read_events, with_keepalive
+from proxy.transcript import LinkRewriter, Transcript
 from proxy.upstream import Upstream
 
 # Fields the loop owns in each upstream request.
 _OWNED = ("messages", "tools", "tool_choice", "stream", "stream_options", "parallel_tool_calls")
+
+# One step of running a call: a visible piece (str), then the tool result and the run.
+Step = str | tuple[str, Run | None]
 
 
 def add_usage(total: dict[str, Any], usage: Any) -> None:
@@ -46,6 +51,10 @@ def add_usage(total: dict[str, Any], usage: Any) -> None:
             add_usage(total.setdefault(key, {}), value)
 
 
+async def _no_links(_path: str) -> str | None:
+    return None
+
+
 class ChatLoop:
     """One chat completion with the interpreter on."""
 
@@ -57,23 +66,48 @@ class ChatLoop:
         runner: CodeRunner,
         body: dict[str, Any],
         plan: Plan,
-        render_run: Callable[[Run], str] | None = None,
+        history: list[dict[str, Any]] | None = None,
+        note: str = "",
+        transcript: Transcript | None = None,
+        links: LinkRewriter | None = None,
+        on_finish: Callable[["ChatLoop"], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
         self.runner = runner
         self.body = body
         self.plan = plan
-        self.render_run = render_run
-        self.messages = add_system_note(list(body["messages"]), system_note(runner.pending_files))
+        self.transcript = transcript or Transcript("none", lambda _saved: "")
+        self.links = links or LinkRewriter(_no_links)
+        self.on_finish = on_finish
+        system = system_note(runner.pending_files) + (f"\n{note}" if note else "")
+        self.messages = add_system_note(list(history or body["messages"]), system)
+        self._turn_start = len(self.messages)
         self.usage: dict[str, Any] = {}
         self.id = new_id("chatcmpl-", 29)
         self.created = int(time.time())
         self.model: str = body.get("model", "")
+        # What this turn produced: the model's last text, the client's function calls, and
+        # the exact visible content the client received.
+        self.final_content: str | None = None
+        self.client_calls: list[dict[str, Any]] = []
+        self.visible_content = ""
 
     @property
     def ran_code(self) -> bool:
         return bool(self.runner.runs)
+
+    @property
+    def hidden(self) -> list[dict[str, Any]]:
+        """The messages this turn added that the client never sees (code calls, results)."""
+        return self.messages[self._turn_start :]
+
+    def reply(self) -> dict[str, Any]:
+        """The assistant message as the client received it."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.visible_content or None}
+        if self.client_calls:
+            message["tool_calls"] = self.client_calls
+        return message
 
     def _request(self, round_no: int, *, stream: bool) -> dict[str, Any]:
         req = {k: v for k, v in self.body.items() if k not in _OWNED}
@@ -108,23 +142,41 @@ class ChatLoop:
             return {"type": "function", "function": {"name": TOOL_NAME}}
         return choice
 
-    async def _execute(self, call: dict[str, Any]) -> tuple[str, Run | None]:
-        """Run one call; a problem the model caused comes back to it as the tool result."""
+    async def _execute(self, call: dict[str, Any]) -> AsyncGenerator[Step, None]:
+        """Run one call: yields the visible code piece, then (tool result text, run).
+
+        A problem the model caused (bad arguments, unknown language) becomes the tool result.
+        """
         try:
             code, language = parse_arguments(call["function"].get("arguments") or "")
+        except InvalidRequestError as exc:
+            yield f"[error] {exc}", None
+            return
+        yield self.transcript.code(code, language)
+        try:
             run = await self.runner.run(code, language)
-        except (InvalidRequestError, ExecutorInvalidRequest) as exc:
-            return f"[error] {exc}", None
+        except ExecutorInvalidRequest as exc:
+            yield f"[error] {exc}", None
+            return
         text = tool_result(
             run.result,
             saved_files=[(f.path or f.filename, f.bytes) for f in run.files],
             images=len(run.images),
             limit=self.settings.tool_result_max_chars,
         )
-        return text, run
+        yield text, run
 
-    def _answer_calls(self, content: str | None, ours: list[dict[str, Any]]) -> None:
-        self.messages.append({"role": "assistant", "content": content, "tool_calls": ours})
+    def _answer(self, call: dict[str, Any], text: str) -> None:
+        self.messages.append({"role": "tool", "tool_call_id": call["id"], "content": text})
+
+    async def _finish(
+        self, content: str | None, theirs: list[dict[str, Any]], visible: str
+    ) -> None:
+        self.final_content = content
+        self.client_calls = theirs
+        self.visible_content = visible
+        if self.on_finish is not None:
+            await self.on_finish(self)
 
     def _extra(self) -> dict[str, Any]:
         return {
@@ -151,35 +203,38 @@ class ChatLoop:
             raise self._mark_side_effects(exc) from exc
 
     async def _complete(self) -> dict[str, Any]:
-        visible: list[str] = []
+        pieces: list[str] = []
         for round_no in range(self.settings.max_rounds + 1):
             response = await self.upstream.post(
                 "chat/completions", self._request(round_no, stream=False)
             )
             add_usage(self.usage, response.get("usage"))
-            choices = response.get("choices") or [{}]
-            message = choices[0].get("message") or {}
+            message = ((response.get("choices") or [{}])[0]).get("message") or {}
+            content = message.get("content")
             ours, theirs = split_calls(message.get("tool_calls"))
-            if message.get("content"):
-                visible.append(message["content"])
+            if content:
+                pieces.append(await self.links.rewrite(content))
             if not ours or round_no == self.settings.max_rounds:
-                return self._final(response, visible, theirs)
-            self._answer_calls(message.get("content"), ours)
+                await self._finish(content, theirs, "\n\n".join(p for p in pieces if p))
+                return self._final(response)
+            self.messages.append({"role": "assistant", "content": content, "tool_calls": ours})
             for call in ours:
-                text, run = await self._execute(call)
-                self.messages.append({"role": "tool", "tool_call_id": call["id"], "content": text})
-                if run is not None and self.render_run is not None:
-                    visible.append(self.render_run(run))
+                async for step in self._execute(call):
+                    if isinstance(step, str):
+                        pieces.append(step)
+                        continue
+                    text, run = step
+                    self._answer(call, text)
+                    if run is not None:
+                        pieces.append(self.transcript.result(run))
         raise AssertionError("unreachable: the last round has no interpreter")
 
-    def _final(
-        self, response: dict[str, Any], visible: list[str], theirs: list[dict[str, Any]]
-    ) -> dict[str, Any]:
+    def _final(self, response: dict[str, Any]) -> dict[str, Any]:
         choice = dict((response.get("choices") or [{}])[0])
         message = dict(choice.get("message") or {"role": "assistant"})
-        message["content"] = "\n\n".join(v for v in visible if v) or None
-        if theirs:
-            message["tool_calls"] = theirs
+        message["content"] = self.visible_content or None
+        if self.client_calls:
+            message["tool_calls"] = self.client_calls
             choice["finish_reason"] = "tool_calls"
         else:
             message.pop("tool_calls", None)
@@ -243,37 +298,58 @@ class ChatLoop:
                         finish = choice.get("finish_reason") or finish
                         if delta.get("content"):
                             content.append(delta["content"])
-                            for out in text.add(delta["content"]):
+                            for out in text.add(await self.links.feed(delta["content"])):
                                 yield out
                         if delta.get("refusal"):
                             for out in text.delta({"refusal": delta["refusal"]}):
                                 yield out
                         calls.add(delta.get("tool_calls"))
+            for out in text.add(await self.links.flush()):
+                yield out
             text.end_piece()
+            said = "".join(content) or None
             ours, theirs = split_calls(calls.calls())
             if not ours or round_no == self.settings.max_rounds:
+                await self._finish(said, theirs, text.sent)
                 for out in self._stream_end(text, theirs, finish):
                     yield out
                 return
-            self._answer_calls("".join(content) or None, ours)
+            self.messages.append({"role": "assistant", "content": said, "tool_calls": ours})
             for call in ours:
-                task = asyncio.ensure_future(self._execute(call))
+                async for step in self._execute_with_keepalive(call):
+                    if isinstance(step, bytes):
+                        yield step
+                    elif isinstance(step, str):
+                        for out in text.piece(step):
+                            yield out
+                    else:
+                        result_text, run = step
+                        self._answer(call, result_text)
+                        if run is not None:
+                            for out in text.piece(self.transcript.result(run)):
+                                yield out
+
+    async def _execute_with_keepalive(self, call: dict[str, Any]) -> AsyncIterator[bytes | Step]:
+        """`_execute`'s steps, with heartbeats while code runs."""
+        steps = self._execute(call)
+        try:
+            while True:
+                task = asyncio.ensure_future(anext(steps, None))
                 async for beat in with_keepalive(task, self.settings.keepalive_interval):
                     yield beat
-                result_text, run = task.result()
-                self.messages.append(
-                    {"role": "tool", "tool_call_id": call["id"], "content": result_text}
-                )
-                if run is not None and self.render_run is not None:
-                    for out in text.add(self.render_run(run)):
-                        yield out
-                    text.end_piece()
+                step = task.result()
+                if step is None:
+                    return
+                yield step
+        finally:
+            await steps.aclose()
 
     def _stream_end(
         self, text: "_VisibleText", theirs: list[dict[str, Any]], finish: str | None
     ) -> list[bytes]:
         out = list(text.start())
         for index, call in enumerate(theirs):
+            function = call["function"]
             out.append(
                 self._chunk(
                     {
@@ -283,8 +359,8 @@ class ChatLoop:
                                 "id": call["id"],
                                 "type": "function",
                                 "function": {
-                                    "name": call["function"]["name"],
-                                    "arguments": call["function"]["arguments"],
+                                    "name": function["name"],
+                                    "arguments": function["arguments"],
                                 },
                             }
                         ]
@@ -358,6 +434,7 @@ class _VisibleText:
         self._started = False
         self._pieces = 0
         self._in_piece = False
+        self.sent = ""
 
     def start(self) -> list[bytes]:
         if self._started:
@@ -369,13 +446,22 @@ class _VisibleText:
         return [*self.start(), self._chunk(delta)]
 
     def add(self, text: str) -> list[bytes]:
+        if not text:
+            return []
         out = self.start()
         if not self._in_piece:
             if self._pieces:
                 text = "\n\n" + text
             self._pieces += 1
             self._in_piece = True
+        self.sent += text
         out.append(self._chunk({"content": text}))
+        return out
+
+    def piece(self, text: str) -> list[bytes]:
+        """A whole piece at once (a transcript block)."""
+        out = self.add(text)
+        self.end_piece()
         return out
 
     def end_piece(self) -> None:

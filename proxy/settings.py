@@ -51,11 +51,30 @@ class Settings(BaseSettings):
     max_output_files: int = Field(default=20, ge=0)
     execution_retention_days: float = Field(default=30.0, ge=0)
 
+    # Turning the interpreter on for clients that cannot ask for it (chat apps).
+    interpreter: Literal["off", "always", "models"] = "off"
+    interpreter_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    virtual_model_suffix: str = "+code"
+    virtual_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+
+    # What such clients see, and remember across turns.
+    transcript: Literal["markdown", "files", "none"] = "markdown"
+    link_ttl: int = Field(default=7 * 86400, ge=60)
+    max_hidden_chars: int = Field(default=40_000, ge=1000)
+    conversation_retention: int = Field(default=7 * 86400, ge=60)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("interpreter_models", "virtual_models", mode="before")
+    @classmethod
+    def _split_patterns(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
     @field_validator("executor_url", mode="before")

@@ -77,3 +77,25 @@ class Execution(SQLModel, table=True):
     code: str | None = None
     output: str | None = None
     file_ids: str = "[]"
+
+
+class Conversation(SQLModel, table=True):
+    """What a chat app cannot send back: the hidden steps of one conversation up to a reply.
+
+    Keyed by a hash of the visible messages up to and including that reply, so the next turn
+    of an unchanged app (which sends only visible messages) finds it.
+    """
+
+    __tablename__ = "conversations"
+
+    id: str = Field(primary_key=True)
+    tenant: str = Field(index=True)
+    prefix_hash: str = Field(index=True)
+    session_id: str | None = None
+    # JSON: [{"index": visible position of the reply, "content": the model's own text,
+    #          "hidden": [assistant tool-call and tool messages before it]}]
+    turns: str = "[]"
+    # JSON: {"/mnt/data/<path>": "file-…"} of files the conversation's code produced.
+    files: str = "{}"
+    created_at: int
+    expires_at: int = Field(index=True)

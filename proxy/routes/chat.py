@@ -6,12 +6,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from proxy.coderunner import CodeRunner
-from proxy.deps import ServicesDep, TenantDep, get_executor
+from proxy.chat import start_turn
+from proxy.deps import ServicesDep, TenantDep
 from proxy.errors import InvalidRequestError
-from proxy.interpreter import plan_request
 from proxy.jsonutil import JSONResponse, dumps, loads
-from proxy.loop import ChatLoop
+from proxy.policy import TRANSCRIPT_HEADER, resolve
 from proxy.streaming import guarded
 from proxy.upstream import Upstream
 
@@ -60,7 +59,7 @@ async def create_chat_completion(
     """Create a chat completion; with a `code_interpreter` tool, code runs server-side."""
     body = await read_json(request)
     check_chat(body)
-    plan = plan_request(body)
+    plan = resolve(body, services.settings, request.headers.get(TRANSCRIPT_HEADER))
     stream = bool(body.get("stream"))
     if plan is None:
         if stream:
@@ -75,11 +74,7 @@ async def create_chat_completion(
             "choice would run its own code.",
             param="n",
         )
-    runner = CodeRunner(services, get_executor(services), tenant.id, source="chat")
-    await runner.attach(session_id=plan.container, file_ids=plan.file_ids)
-    loop = ChatLoop(
-        settings=services.settings, upstream=services.upstream, runner=runner, body=body, plan=plan
-    )
+    loop = await start_turn(services, tenant.id, body, plan, str(request.base_url))
     if stream:
         return await _stream_response(loop.stream())
     return JSONResponse(await loop.complete())

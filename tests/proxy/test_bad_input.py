@@ -202,6 +202,6 @@ def test_upstream_unreachable_is_502(small: tuple[str, Settings]) -> None:
 
 def test_models_pass_through(proxy_url: str) -> None:
     models = sdk(proxy_url).models.list()
-    assert [m.id for m in models] == ["gpt-test"]
+    assert [m.id for m in models] == ["gpt-test", "gpt-test+code"]
     with pytest.raises(openai.AuthenticationError):
         sdk(proxy_url, "nope").models.list()
