@@ -1,0 +1,57 @@
+"""The example scripts run unchanged against a real server (with a scripted model)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.conftest import REPO, Stack
+from tests.proxy.conftest import KEY_A
+from tests.upstream import code_call, completion
+
+TOTALS = (
+    "import pandas as pd\n"
+    "df = pd.read_csv('/mnt/data/sales.csv')\n"
+    "print(df.groupby('region')['revenue'].sum().to_dict())"
+)
+PLOT = (
+    "import matplotlib.pyplot as plt\n"
+    "df.pivot(index='month', columns='region', values='revenue').plot()\n"
+    "plt.savefig('/mnt/data/revenue.png')"
+)
+
+
+def run_example(stack: Stack, name: str, cwd: Path) -> str:
+    env = {**os.environ, "OPENAI_BASE_URL": stack.url + "/v1", "OPENAI_API_KEY": KEY_A}
+    done = subprocess.run([sys.executable, str(REPO / "examples" / name), "gpt-test"], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def script(stack: Stack) -> None:
+    stack.upstream.push(
+        completion(tool_calls=[code_call(TOTALS)]),
+        completion("North: 567, south: 415."),
+        # Turn 2 reuses `df` from turn 1: the same kernel, found from the visible history.
+        completion(tool_calls=[code_call(PLOT)]),
+        completion("Here is the chart: ![revenue](sandbox:/mnt/data/revenue.png)"),
+    )
+
+
+def test_analyze_csv(stack: Stack, tmp_path: Path) -> None:
+    script(stack)
+    out = run_example(stack, "analyze_csv.py", tmp_path)
+    assert "North: 567, south: 415." in out
+    assert "saved revenue.png" in out
+    assert (tmp_path / "revenue.png").read_bytes().startswith(b"\x89PNG")
+    assert "{'north': 567, 'south': 415}" in stack.upstream.requests[1]["messages"][-1]["content"]
+    assert "Error" not in stack.upstream.requests[3]["messages"][-1]["content"]
+
+
+def test_analyze_csv_streamed(stack: Stack, tmp_path: Path) -> None:
+    script(stack)
+    out = run_example(stack, "analyze_csv_stream.py", tmp_path)
+    assert "```python\nimport pandas as pd" in out
+    assert "{'north': 567, 'south': 415}" in out
+    assert "sandbox:" not in out and "/download/revenue.png?expires=" in out
