@@ -57,6 +57,10 @@ $(VENV)/.dev-installed: $(VENV)/.installed
 $(SANDBOX_VENV)/.installed: executor/requirements-sandbox.txt | system-packages
 	test -x $(SANDBOX_VENV)/bin/python || $(SANDBOX_PYTHON) -m venv $(SANDBOX_VENV)
 	$(SANDBOX_VENV)/bin/pip install -q -r executor/requirements-sandbox.txt
+	# Prebuilt matplotlib font list, copied into every sandbox (see executor/local/fontcache.py).
+	rm -rf $(SANDBOX_VENV)/share/codeproxy/matplotlib
+	env -i HOME=/nonexistent MPLCONFIGDIR=$(CURDIR)/$(SANDBOX_VENV)/share/codeproxy/matplotlib \
+	  $(SANDBOX_VENV)/bin/python -c 'import matplotlib.font_manager'
 	touch $@
 
 clean:

@@ -26,6 +26,14 @@ class ExecutorSettings(BaseSettings):
     sandbox_venv: Path = Path(".sandbox-venv")
     # Development only: run code without bubblewrap, with no isolation at all.
     unsafe_no_sandbox: bool = False
+    # Local backend: per-sandbox sockets and mount points (None: /run/codeproxy as root,
+    # else a per-user dir). Kept short: unix socket paths are limited to 107 bytes.
+    sandbox_runtime_dir: Path | None = None
+    # Local backend as root: sandboxes run as host uids leased from base upwards.
+    sandbox_uid_base: int = Field(default=200_000, ge=1000)
+    # Local backend: False skips cgroups and limits sandboxes with rlimits only.
+    sandbox_cgroups: bool = True
+    sandbox_start_timeout: float = Field(default=30.0, gt=0)
 
     e2b_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("CODEPROXY_E2B_API_KEY", "E2B_API_KEY")

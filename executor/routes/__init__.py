@@ -1,0 +1,1 @@
+"""Routes of the internal API, one module per resource."""

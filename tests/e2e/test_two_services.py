@@ -1,0 +1,148 @@
+"""The two-VM shape: `codeproxy executor` and `codeproxy proxy` as separate processes, joined
+only by CODEPROXY_EXECUTOR_URL and the internal token."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import sdk_client
+from tests.e2e.conftest import REPO
+from tests.proxy.conftest import KEY_A
+from tests.upstream import ScriptedUpstream, code_call, completion
+
+TOKEN = "internal-token-" + "t" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def service(args: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CODEPROXY_")}
+    full = {
+        **base,
+        "CODEPROXY_HOST": "127.0.0.1",
+        "CODEPROXY_PORT": str(port),
+        "CODEPROXY_LOG_LEVEL": "warning",
+        **env,
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", *args],
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode in (0, -15), log.read_text()
+
+
+@pytest.fixture
+def executor_url(tmp_path: Path) -> Iterator[str]:
+    env = {
+        "CODEPROXY_INTERNAL_TOKEN": TOKEN,
+        "CODEPROXY_DATA_DIR": str(tmp_path / "executor"),
+        "CODEPROXY_SANDBOX_VENV": str(REPO / ".sandbox-venv"),
+        "CODEPROXY_POOL_SIZE": "1",
+    }
+    with service(["executor"], env, free_port(), tmp_path / "executor.log") as url:
+        yield url
+
+
+def proxy_env(
+    tmp_path: Path, executor_url: str, upstream: ScriptedUpstream, token: str
+) -> dict[str, str]:
+    return {
+        "CODEPROXY_EXECUTOR_URL": executor_url,
+        "CODEPROXY_INTERNAL_TOKEN": token,
+        "CODEPROXY_API_KEYS": KEY_A,
+        "CODEPROXY_UPSTREAM_BASE_URL": upstream.url + "/v1",
+        "CODEPROXY_DATA_DIR": str(tmp_path / "proxy"),
+    }
+
+
+def test_proxy_and_executor_as_two_processes(
+    tmp_path: Path, executor_url: str, upstream: ScriptedUpstream
+) -> None:
+    env = proxy_env(tmp_path, executor_url, upstream, TOKEN)
+    with service(["proxy"], env, free_port(), tmp_path / "proxy.log") as url:
+        client = sdk_client(url, KEY_A)
+        upstream.push(
+            completion(tool_calls=[code_call("import os\nprint(os.getpid() > 0)")]),
+            completion("It ran."),
+        )
+        reply = client.chat.completions.create(
+            model="gpt-test",
+            messages=[{"role": "user", "content": "run"}],
+            tools=[{"type": "code_interpreter"}],
+        )
+        assert reply.choices[0].message.content == "It ran."
+        assert "True" in upstream.requests[1]["messages"][-1]["content"]
+        session = httpx.post(
+            f"{url}/v1/code_interpreter/sessions",
+            json={},
+            headers={"authorization": f"Bearer {KEY_A}"},
+        ).json()
+        for code, out in (("a = 20", ""), ("print(a + 22)", "42\n")):
+            ran = httpx.post(
+                f"{url}/v1/code_interpreter/run",
+                timeout=60,
+                json={"session_id": session["id"], "code": code},
+                headers={"authorization": f"Bearer {KEY_A}"},
+            ).json()
+            assert ran["output"] == out
+
+
+def test_wrong_internal_token_is_refused(
+    tmp_path: Path, executor_url: str, upstream: ScriptedUpstream
+) -> None:
+    for headers in ({}, {"Internal-Auth-Token": "wrong"}):
+        response = httpx.post(f"{executor_url}/sessions", json={}, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_internal_token"
+    # A proxy given the wrong token refuses to start, saying why.
+    env = proxy_env(tmp_path, executor_url, upstream, "not-the-token")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CODEPROXY_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "proxy"],
+        env={**base, **env, "CODEPROXY_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    assert "refused CODEPROXY_INTERNAL_TOKEN" in done.stdout + done.stderr
+    assert upstream.requests == []
