@@ -15,19 +15,23 @@ from openai import OpenAI
 model = sys.argv[1] if len(sys.argv) > 1 else "gpt-4o"
 client = OpenAI()  # reads OPENAI_BASE_URL and OPENAI_API_KEY
 
-csv = client.files.create(file=open(Path(__file__).with_name("sales.csv"), "rb"),
-                          purpose="assistants")
+csv = client.files.create(file=Path(__file__).with_name("sales.csv"), purpose="assistants")
 tools = [{"type": "code_interpreter", "container": {"type": "auto", "file_ids": [csv.id]}}]
-messages = [{"role": "user", "content": "Load /mnt/data/sales.csv. What is the total revenue "
-                                        "per region?"}]
+messages = [
+    {"role": "user", "content": "Load /mnt/data/sales.csv. What is the total revenue per region?"}
+]
 
 first = client.chat.completions.create(model=model, messages=messages, tools=tools)
 print("assistant:", first.choices[0].message.content, "\n")
 
 # Only the visible reply goes back: codeproxy remembers the code that ran and its sandbox.
-messages += [{"role": "assistant", "content": first.choices[0].message.content},
-             {"role": "user", "content": "Plot monthly revenue per region and save the chart "
-                                         "as /mnt/data/revenue.png."}]
+messages += [
+    {"role": "assistant", "content": first.choices[0].message.content},
+    {
+        "role": "user",
+        "content": "Plot monthly revenue per region and save the chart as /mnt/data/revenue.png.",
+    },
+]
 second = client.chat.completions.create(model=model, messages=messages, tools=tools)
 print("assistant:", second.choices[0].message.content, "\n")
 

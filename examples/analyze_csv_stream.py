@@ -12,13 +12,18 @@ from openai import OpenAI
 model = sys.argv[1] if len(sys.argv) > 1 else "gpt-4o"
 client = OpenAI()
 
-csv = client.files.create(file=open(Path(__file__).with_name("sales.csv"), "rb"),
-                          purpose="assistants")
+csv = client.files.create(file=Path(__file__).with_name("sales.csv"), purpose="assistants")
 # "transcript": "markdown" shows each run's code and output in the streamed reply.
-tools = [{"type": "code_interpreter", "transcript": "markdown",
-          "container": {"type": "auto", "file_ids": [csv.id]}}]
-messages = [{"role": "user", "content": "Load /mnt/data/sales.csv. What is the total revenue "
-                                        "per region?"}]
+tools = [
+    {
+        "type": "code_interpreter",
+        "transcript": "markdown",
+        "container": {"type": "auto", "file_ids": [csv.id]},
+    }
+]
+messages = [
+    {"role": "user", "content": "Load /mnt/data/sales.csv. What is the total revenue per region?"}
+]
 
 for question in (None, "Plot monthly revenue per region and save it as /mnt/data/revenue.png."):
     if question is not None:

@@ -150,6 +150,25 @@ class SandboxPool:
             self._notify()
             self._refill_needed.set()
 
+    def release_later(self, tenant: str, sandbox: Sandbox | None) -> None:
+        """End a lease now and close its sandbox in the background.
+
+        The tenant's share is free at once; the slot stays taken until the sandbox is closed,
+        so the overall maximum still counts every sandbox that exists.
+        """
+        self._unlease(tenant)
+        self._notify()
+        self._spawn(self._discard_leased(sandbox))
+
+    async def _discard_leased(self, sandbox: Sandbox | None) -> None:
+        try:
+            if sandbox is not None:
+                await self._close_quietly(sandbox)
+        finally:
+            self._slots -= 1
+            self._notify()
+            self._refill_needed.set()
+
     async def aclose(self) -> None:
         """Stop refilling, cancel sandbox starts and close every warm sandbox."""
         self._closing = True

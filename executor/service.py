@@ -150,7 +150,7 @@ class ExecutorService:
             # Expired sessions may still hold capacity until the next reaper pass.
             await self._reap_expired()
         if self._pool.leases(tenant) >= self._settings.max_sandboxes_per_tenant:
-            await self._evict_idle(tenant)
+            self._evict_idle(tenant)
         sandbox = await self._pool.acquire(tenant)
         now = time.time()
         session = _Session(
@@ -372,7 +372,7 @@ class ExecutorService:
         self._disposals.add(task)
         task.add_done_callback(self._disposals.discard)
 
-    async def _evict_idle(self, tenant: str) -> None:
+    def _evict_idle(self, tenant: str) -> None:
         """Make room in a tenant's share by ending its least recently used idle session.
 
         A tenant competes only with itself here: its oldest conversation loses its sandbox
@@ -384,7 +384,10 @@ class ExecutorService:
         oldest = min(idle, key=lambda s: s.last_active_at)
         self._sessions.pop(oldest.id, None)
         logger.info("session %s ended to make room for a new one of its tenant", oldest.id)
-        await self._dispose(oldest)
+        # It is idle, so nothing runs in it: its sandbox can close while the new one starts.
+        oldest.deleted = True
+        sandbox, oldest.sandbox = oldest.sandbox, None
+        self._pool.release_later(tenant, sandbox)
 
     async def _reap_expired(self) -> None:
         now = time.time()

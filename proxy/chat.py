@@ -78,7 +78,7 @@ async def start_turn(
     services: Services, tenant: str, body: dict[str, Any], plan: Plan, base_url: str
 ) -> ChatLoop:
     """Everything checked and recalled; the loop is ready to run."""
-    runner = CodeRunner(services, get_executor(services), tenant, source="chat")
+    runner = CodeRunner(services, await get_executor(services), tenant, source="chat")
     memory = Memory()
     if plan.container is None:
         memory = await recall(services, tenant, body["messages"])

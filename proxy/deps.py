@@ -27,7 +27,11 @@ class Services:
     signing_key: str
 
 
-def get_services(request: Request) -> Services:
+# Dependencies are `async def` even when they do not await: FastAPI runs plain functions in
+# a thread pool, which costs more than the work itself on every request.
+
+
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -50,7 +54,7 @@ async def get_db(services: ServicesDep) -> AsyncIterator[AsyncSession]:
 DbDep = Annotated[AsyncSession, Depends(get_db)]
 
 
-def get_executor(services: ServicesDep) -> Executor:
+async def get_executor(services: ServicesDep) -> Executor:
     if services.executor is None:
         raise ServiceUnavailableError(
             "No execution service is configured (set CODEPROXY_EXECUTOR_URL or run "

@@ -7,10 +7,8 @@ Chat Completions frames are `data: <json>\\n\\n` with no `event:` line, ended by
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, TypeVar
-
-import httpx
 
 from proxy.errors import UpstreamError, translate
 from proxy.jsonutil import dumps, loads
@@ -25,10 +23,11 @@ def frame(data: Any) -> bytes:
     return b"data: " + dumps(data) + b"\n\n"
 
 
-async def read_events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an upstream SSE stream, until `[DONE]` or its end."""
+async def read_events(body: AsyncIterable[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an upstream SSE stream (read line by line), until `[DONE]`."""
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for raw in body:
+        line = raw.decode().rstrip("\r\n")
         if line.startswith("data:"):
             data.append(line[5:].lstrip(" "))
             continue

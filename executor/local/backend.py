@@ -21,6 +21,7 @@ import resource
 import secrets
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,7 @@ class LocalBackend:
         self._venv_mount: Path | None = None
         self._cgroups: CgroupTree | None = None
         self._zmq: zmq.asyncio.Context | None = None
+        self._spawner: ThreadPoolExecutor | None = None
         self._sandboxes: set[LocalSandbox] = set()
 
     @property
@@ -158,6 +160,7 @@ class LocalBackend:
             )
         venv = await self._reachable_venv(venv, uids, runtime)
         self._zmq = zmq.asyncio.Context()
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-spawner")
         self._host = Host(
             settings=settings,
             bwrap=bwrap_path,
@@ -172,6 +175,7 @@ class LocalBackend:
             kernel_startup=STARTUP_SOURCE.read_bytes(),
             rlimits=self._rlimits(cgroups is None),
             zmq=self._zmq,
+            spawner=self._spawner,
         )
         check = await self._run_bare(["true"])
         if check.returncode != 0:
@@ -276,6 +280,9 @@ class LocalBackend:
         if self._zmq is not None:
             self._zmq.destroy(linger=0)
             self._zmq = None
+        if self._spawner is not None:
+            self._spawner.shutdown(wait=False)
+            self._spawner = None
         self._host = None
 
 

@@ -141,6 +141,10 @@ class SandboxCgroup:
                     await asyncio.sleep(0.01)
 
 
+SANDBOX_CPU_SHARES_V1 = 256  # the default is 1024
+SANDBOX_CPU_WEIGHT_V2 = 25  # the default is 100
+
+
 class CgroupTree:
     """Where our cgroups live: `<controller>/codeproxy/<name>` on v1, `codeproxy/<name>` on v2."""
 
@@ -178,6 +182,17 @@ class CgroupTree:
                 wanted = {"memory", "pids", "cpu"} - current
                 if wanted:
                     _write(d / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
+        # All sandboxes together weigh a quarter of a default task when the CPU is contended,
+        # so busy user code (or a kernel starting for the pool) cannot starve the service
+        # that answers requests. Idle CPU is still theirs to use, up to each one's quota.
+        with contextlib.suppress(OSError):
+            if self.v2:
+                _write(self.parents[0] / "cpu.weight", str(SANDBOX_CPU_WEIGHT_V2))
+            else:
+                _write(
+                    self.parents[V1_CONTROLLERS.index("cpu")] / "cpu.shares",
+                    str(SANDBOX_CPU_SHARES_V1),
+                )
 
     def remove_parents(self) -> None:
         """rmdir our parent groups; fails harmlessly while any sandbox cgroup exists."""

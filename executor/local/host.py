@@ -1,5 +1,6 @@
 """What every sandbox of one local backend shares, decided once by LocalBackend.start()."""
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,11 @@ class Host:
     kernel_startup: bytes
     rlimits: tuple[tuple[int, int], ...]
     zmq: zmq.asyncio.Context
+    # The one thread that forks kernels. Popen returns only after the child's preexec_fn,
+    # and the first entry into a fresh memory cgroup takes 15-45 ms: on the event loop that
+    # would stall every request. It must be one long-lived thread, because bwrap's
+    # --die-with-parent fires when the *thread* that forked it exits.
+    spawner: ThreadPoolExecutor
 
     def kernel_command(self) -> list[str]:
         """The command bwrap runs for a kernel (after its options, which go via --args)."""

@@ -215,19 +215,29 @@ class LocalSandbox:
             bwrap=self._host.bwrap,
             info=True,
         )
-        try:
-            # Spawned on the event loop's thread on purpose: bwrap's --die-with-parent fires
-            # when the *thread* that forked it exits, and worker threads come and go.
-            self._proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec takes ~1 ms)
+        confinement = self._confinement.preexec()
+
+        def spawn() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
                 launch.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 pass_fds=launch.pass_fds,
-                preexec_fn=self._confinement.preexec(),
+                preexec_fn=confinement,
                 start_new_session=True,
                 env=bwrap.BWRAP_ENV,
             )
+
+        # On the backend's spawner thread (see Host.spawner), never a passing worker.
+        spawned = asyncio.get_running_loop().run_in_executor(self._host.spawner, spawn)
+        try:
+            try:
+                self._proc = await asyncio.shield(spawned)
+            except asyncio.CancelledError:
+                # The fork goes on in its thread; keep the process so teardown kills it.
+                self._proc = await spawned
+                raise
         except BaseException:
             launch.close()
             raise

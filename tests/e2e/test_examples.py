@@ -23,8 +23,14 @@ PLOT = (
 
 def run_example(stack: Stack, name: str, cwd: Path) -> str:
     env = {**os.environ, "OPENAI_BASE_URL": stack.url + "/v1", "OPENAI_API_KEY": KEY_A}
-    done = subprocess.run([sys.executable, str(REPO / "examples" / name), "gpt-test"], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / name), "gpt-test"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
