@@ -51,7 +51,7 @@ $(VENV)/.installed: pyproject.toml | system-packages
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,e2b]'
 	touch $@
 
 $(SANDBOX_VENV)/.installed: executor/requirements-sandbox.txt | system-packages

@@ -24,8 +24,6 @@ class ExecutorSettings(BaseSettings):
     sandbox_backend: Literal["local", "e2b"] = "local"
     # The read-only Python environment mounted at /opt/venv inside local sandboxes.
     sandbox_venv: Path = Path(".sandbox-venv")
-    # Development only: run code without bubblewrap, with no isolation at all.
-    unsafe_no_sandbox: bool = False
     # Local backend: per-sandbox sockets and mount points (None: /run/codeproxy as root,
     # else a per-user dir). Kept short: unix socket paths are limited to 107 bytes.
     sandbox_runtime_dir: Path | None = None

@@ -21,12 +21,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--host", help="listen address (default: CODEPROXY_HOST)")
         p.add_argument("--port", type=int, help="listen port (default: CODEPROXY_PORT)")
-        if name != "proxy":
-            p.add_argument(
-                "--unsafe-no-sandbox",
-                action="store_true",
-                help="DEVELOPMENT ONLY: run code without any isolation",
-            )
     keys = sub.add_parser("keys", help="manage stored API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_sub.add_parser("create", help="create a key for a tenant").add_argument("name")
@@ -45,13 +39,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         settings = settings.model_copy(update=overrides)
     if args.command == "serve":
-        _serve(settings, all_in_one=True, unsafe=args.unsafe_no_sandbox)
+        _serve(settings, all_in_one=True)
     elif args.command == "proxy":
         if not settings.executor_url:
             sys.exit("codeproxy proxy needs CODEPROXY_EXECUTOR_URL (and CODEPROXY_INTERNAL_TOKEN)")
-        _serve(settings, all_in_one=False, unsafe=False)
+        _serve(settings, all_in_one=False)
     elif args.command == "executor":
-        _executor(settings, unsafe=args.unsafe_no_sandbox)
+        _executor(settings)
     elif args.command == "keys":
         asyncio.run(_keys(settings, args))
     elif args.command == "token":
@@ -60,14 +54,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(mint_token(settings.signing_key(), sub=args.sub, ttl_minutes=args.ttl))
 
 
-def _executor_settings(settings: Settings, *, unsafe: bool) -> ExecutorSettings:
-    updates: dict[str, object] = {"host": settings.host, "port": settings.port}
-    if unsafe:
-        updates["unsafe_no_sandbox"] = True
-    return ExecutorSettings().model_copy(update=updates)
+def _executor_settings(settings: Settings) -> ExecutorSettings:
+    return ExecutorSettings().model_copy(update={"host": settings.host, "port": settings.port})
 
 
-def _serve(settings: Settings, *, all_in_one: bool, unsafe: bool) -> None:
+def _serve(settings: Settings, *, all_in_one: bool) -> None:
     import uvicorn
 
     from proxy.app import create_app
@@ -76,7 +67,7 @@ def _serve(settings: Settings, *, all_in_one: bool, unsafe: bool) -> None:
     if all_in_one:
         from executor.service import ExecutorService
 
-        executor = ExecutorService(_executor_settings(settings, unsafe=unsafe))
+        executor = ExecutorService(_executor_settings(settings))
     app = create_app(settings, executor=executor)
     uvicorn.run(
         app,
@@ -87,10 +78,10 @@ def _serve(settings: Settings, *, all_in_one: bool, unsafe: bool) -> None:
     )
 
 
-def _executor(settings: Settings, *, unsafe: bool) -> None:
+def _executor(settings: Settings) -> None:
     from executor.server import serve
 
-    serve(_executor_settings(settings, unsafe=unsafe))
+    serve(_executor_settings(settings))
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> None:

@@ -34,7 +34,6 @@ class Settings(BaseSettings):
 
     executor_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
     internal_token: SecretStr | None = None
-    sandbox_backend: Literal["local", "e2b"] = "local"
 
     host: str = "127.0.0.1"
     port: int = 8000

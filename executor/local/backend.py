@@ -94,16 +94,9 @@ class LocalBackend:
         settings = self.settings
         bwrap_path = shutil.which("bwrap")
         if bwrap_path is None:
-            extra = (
-                " (unsafe_no_sandbox is not supported by the local backend)"
-                if settings.unsafe_no_sandbox
-                else ""
-            )
             raise SandboxUnavailable(
-                f"bubblewrap (bwrap) is not installed{extra}. Install it with: {INSTALL_BWRAP}"
+                f"bubblewrap (bwrap) is not installed. Install it with: {INSTALL_BWRAP}"
             )
-        if settings.unsafe_no_sandbox:
-            log.warning("unsafe_no_sandbox is ignored: the local backend always uses bubblewrap")
         shm = min(bwrap.SHM_SIZE, settings.tmp_size_mb * MIB)
         if settings.tmp_size_mb * MIB + shm >= settings.memory_limit_mb * MIB:
             # tmpfs pages are charged to the sandbox's memory cgroup.

@@ -285,3 +285,21 @@ async def test_link_rewriter_char_by_char() -> None:
         "sandbox:/mnt/data/../../etc/a.png </mnt/data/t.png>"
     )
     assert await LinkRewriter(resolve).rewrite(text) == out
+
+
+def test_streamed_transcript_shows_the_code_before_its_output(stack: Stack) -> None:
+    code = "import time\ntime.sleep(1)\nprint('slept')"
+    stack.upstream.push(completion(tool_calls=[code_call(code)]), completion("Done."))
+    seen: list[tuple[float, str]] = []
+    with stack.client().chat.completions.stream(
+        model="gpt-test+code", messages=[{"role": "user", "content": "nap"}]
+    ) as stream:
+        text = ""
+        for event in stream:
+            if event.type == "content.delta":
+                text += event.delta
+                seen.append((time.monotonic(), text))
+    code_at = next(t for t, so_far in seen if "time.sleep(1)" in so_far)
+    output_at = next(t for t, so_far in seen if "```text\nslept" in so_far)
+    assert output_at - code_at >= 0.8  # the code showed while it ran
+    assert text.index("time.sleep(1)") < text.index("slept") < text.index("Done.")

@@ -1,12 +1,15 @@
 """The direct execution API (no model), tenancy of sessions and files, and leases."""
 
 import io
+import sqlite3
 import time
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from proxy.auth import static_tenant
 from tests.e2e.conftest import Stack
 from tests.proxy.conftest import KEY_A, KEY_B
 from tests.upstream import code_call, completion
@@ -182,3 +185,36 @@ def test_disconnect_mid_stream_releases_the_lease(stack: Stack) -> None:
     assert after["output"] == "free\n"
     assert time.monotonic() - started < 5
     assert len(stack.upstream.requests) == 1  # the loop stopped: no further upstream call
+
+
+def test_executions_are_recorded_for_audit(stack: Stack) -> None:
+    post(stack, "/run", {"code": "print('audited')"})
+    post(stack, "/run", {"language": "bash", "code": "exit 4"})
+    stack.upstream.push(completion(tool_calls=[code_call("1 / 0")]), completion("Oops."))
+    stack.client().chat.completions.create(
+        model="gpt-test",
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[{"type": "code_interpreter"}],
+    )
+    rows = audit_rows(stack)
+    assert [(r["source"], r["language"], r["status"]) for r in rows] == [
+        ("run", "python", "ok"),
+        ("run", "bash", "error"),
+        ("chat", "python", "error"),
+    ]
+    assert rows[0]["tenant"] == static_tenant(KEY_A)
+    assert rows[0]["code"] == "print('audited')" and "audited" in rows[0]["output"]
+    assert all(r["duration_ms"] >= 0 and r["created_at"] > 0 for r in rows)
+
+
+def test_without_retention_code_and_output_are_not_kept(make_stack: Any) -> None:
+    stack = make_stack(execution_retention_days=0)
+    post(stack, "/run", {"code": "print('secret')"})
+    [row] = audit_rows(stack)
+    assert row["status"] == "ok" and row["code"] is None and row["output"] is None
+
+
+def audit_rows(stack: Stack) -> list[dict[str, Any]]:
+    with sqlite3.connect(stack.settings.data_dir / "codeproxy.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM executions ORDER BY created_at, rowid")]

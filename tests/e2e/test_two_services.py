@@ -146,3 +146,30 @@ def test_wrong_internal_token_is_refused(
     assert done.returncode != 0
     assert "refused CODEPROXY_INTERNAL_TOKEN" in done.stdout + done.stderr
     assert upstream.requests == []
+
+
+def test_executor_down_is_503_sandbox_unavailable(
+    tmp_path: Path, upstream: ScriptedUpstream
+) -> None:
+    exec_env = {
+        "CODEPROXY_INTERNAL_TOKEN": TOKEN,
+        "CODEPROXY_DATA_DIR": str(tmp_path / "executor"),
+        "CODEPROXY_SANDBOX_VENV": str(REPO / ".sandbox-venv"),
+        "CODEPROXY_POOL_SIZE": "0",
+    }
+    with service(["executor"], exec_env, free_port(), tmp_path / "executor.log") as executor:
+        env = proxy_env(tmp_path, executor, upstream, TOKEN)
+        proxy = service(["proxy"], env, free_port(), tmp_path / "proxy.log")
+        url = proxy.__enter__()
+    try:  # the executor has stopped; the proxy still answers, with a clear 503
+        response = httpx.post(
+            f"{url}/v1/code_interpreter/run",
+            json={"code": "print(1)"},
+            headers={"authorization": f"Bearer {KEY_A}"},
+            timeout=30,
+        )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "sandbox_unavailable"
+        assert httpx.get(f"{url}/ready").json()["executor"]["status"] in ("degraded", "unavailable")
+    finally:
+        proxy.__exit__(None, None, None)

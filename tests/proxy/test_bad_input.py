@@ -207,70 +207,47 @@ def test_models_pass_through(proxy_url: str) -> None:
         sdk(proxy_url, "nope").models.list()
 
 
-def test_chat_bad_json_and_missing_fields(small: tuple[str, Settings]) -> None:
+HI = [{"role": "user", "content": "hi"}]
+BAD_CHATS = [
+    ({"messages": HI}, "model"),
+    ({"model": "x"}, "messages"),
+    ({"model": "x", "messages": "hi"}, "messages"),
+    ({"model": "x", "messages": [{"content": "hi"}]}, "messages[0]"),
+    ({"model": "x", "messages": HI, "tools": "all"}, "tools"),
+    (
+        {
+            "model": "x",
+            "messages": HI,
+            "tools": [{"type": "code_interpreter", "container": {"type": "custom"}}],
+        },
+        "tools[0].container.type",
+    ),
+    (
+        {
+            "model": "x",
+            "messages": HI,
+            "tools": [{"type": "code_interpreter", "container": {"file_ids": "file-1"}}],
+        },
+        "tools[0].container.file_ids",
+    ),
+]
+
+
+def test_chat_bad_json_and_bad_fields(small: tuple[str, Settings]) -> None:
     url, _ = small
     post = f"{url}/v1/chat/completions"
     json_headers = {**AUTH, "content-type": "application/json"}
-    err = error_of(
-        httpx.post(post, content=b'{"model": "x", "messages": [', headers=json_headers), 400
-    )
-    assert err["code"] == "invalid_json"
+    truncated = httpx.post(post, content=b'{"model": "x", "messages": [', headers=json_headers)
+    assert error_of(truncated, 400)["code"] == "invalid_json"
     error_of(httpx.post(post, content=b"[1, 2]", headers=json_headers), 400)
-    err = error_of(
-        httpx.post(post, json={"messages": [{"role": "user", "content": "hi"}]}, headers=AUTH), 400
+    for body, param in BAD_CHATS:
+        assert error_of(httpx.post(post, json=body, headers=AUTH), 400)["param"] == param
+    loud = httpx.post(
+        post,
+        json={"model": "x+code", "messages": HI},
+        headers={**AUTH, "codeproxy-transcript": "loud"},
     )
-    assert err["param"] == "model"
-    assert error_of(httpx.post(post, json={"model": "x"}, headers=AUTH), 400)["param"] == "messages"
-    err = error_of(httpx.post(post, json={"model": "x", "messages": "hi"}, headers=AUTH), 400)
-    assert err["param"] == "messages"
-    err = error_of(
-        httpx.post(post, json={"model": "x", "messages": [{"content": "hi"}]}, headers=AUTH), 400
-    )
-    assert err["param"] == "messages[0]"
-    err = error_of(
-        httpx.post(
-            post,
-            headers=AUTH,
-            json={"model": "x", "messages": [{"role": "user", "content": "hi"}], "tools": "all"},
-        ),
-        400,
-    )
-    assert err["param"] == "tools"
-    err = error_of(
-        httpx.post(
-            post,
-            headers=AUTH,
-            json={
-                "model": "x",
-                "messages": [{"role": "user", "content": "hi"}],
-                "tools": [{"type": "code_interpreter", "container": {"type": "custom"}}],
-            },
-        ),
-        400,
-    )
-    assert err["param"] == "tools[0].container.type"
-    err = error_of(
-        httpx.post(
-            post,
-            headers=AUTH,
-            json={
-                "model": "x",
-                "messages": [{"role": "user", "content": "hi"}],
-                "tools": [{"type": "code_interpreter", "container": {"file_ids": "file-1"}}],
-            },
-        ),
-        400,
-    )
-    assert err["param"] == "tools[0].container.file_ids"
-    err = error_of(
-        httpx.post(
-            post,
-            headers={**AUTH, "codeproxy-transcript": "loud"},
-            json={"model": "x+code", "messages": [{"role": "user", "content": "hi"}]},
-        ),
-        400,
-    )
-    assert err["param"] == "codeproxy-transcript"
+    assert error_of(loud, 400)["param"] == "codeproxy-transcript"
 
 
 def test_interpreter_without_an_executor_is_503(small: tuple[str, Settings]) -> None:
