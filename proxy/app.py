@@ -55,6 +55,12 @@ def create_app(
         blobs.setup()
         signing_key = settings.signing_key()
         upstream = Upstream(settings)
+        if settings.upstream_api_key is None:
+            logger.warning(
+                "no CODEPROXY_UPSTREAM_API_KEY (or OPENAI_API_KEY): requests reach %s without "
+                "a key",
+                settings.upstream_base_url,
+            )
         remote = executor
         if remote is None and settings.executor_url:
             if settings.internal_token is None:

@@ -23,6 +23,7 @@ _RETRY_HEADERS = ("retry-after", "retry-after-ms")
 _FAILURES = (aiohttp.ClientError, asyncio.TimeoutError)
 # What reusing a keep-alive connection the server has closed looks like.
 _STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+STALE_RETRIES = 3
 
 
 class Upstream:
@@ -88,12 +89,16 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         data = dumps(body) if body is not None else None
         try:
-            try:
-                response = await self._session.request(method, self._base + path, data=data)
-            except _STALE:
-                # A pooled connection the upstream had already closed: nothing reached it,
-                # so sending again on a fresh connection is safe (and what other clients do).
-                response = await self._session.request(method, self._base + path, data=data)
+            for attempt in range(STALE_RETRIES + 1):
+                try:
+                    response = await self._session.request(method, self._base + path, data=data)
+                    break
+                except _STALE:
+                    # A pooled connection the upstream had already closed: nothing reached
+                    # it, so sending again on another connection is safe (as other clients
+                    # do). Each failure drops that connection from the pool.
+                    if attempt == STALE_RETRIES:
+                        raise
         except TimeoutError as exc:
             raise UpstreamUnreachableError(
                 "The upstream model did not answer in time.", code="upstream_timeout"
