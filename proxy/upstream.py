@@ -94,9 +94,10 @@ class Upstream:
                     response = await self._session.request(method, self._base + path, data=data)
                     break
                 except _STALE:
-                    # A pooled connection the upstream had already closed: nothing reached
-                    # it, so sending again on another connection is safe (as other clients
-                    # do). Each failure drops that connection from the pool.
+                    # Almost always a pooled connection the upstream had already closed. A
+                    # model call has no side effects, so sending it again on another
+                    # connection is safe, as other OpenAI clients do; each failure drops that
+                    # connection from the pool.
                     if attempt == STALE_RETRIES:
                         raise
         except TimeoutError as exc:
