@@ -144,16 +144,21 @@ def render(exc: APIError, headers: Mapping[str, str] | None = None) -> Response:
     )
 
 
+def invalid_json() -> InvalidRequestError:
+    """OpenAI's answer to a body that is not JSON."""
+    return InvalidRequestError(
+        "We could not parse the JSON body of your request. (HINT: This likely means you "
+        "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+        code="invalid_json",
+    )
+
+
 def _validation_error(exc: RequestValidationError) -> InvalidRequestError:
     first = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
-        return InvalidRequestError(
-            "We could not parse the JSON body of your request. (HINT: This likely means you "
-            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-            code="invalid_json",
-        )
+        return invalid_json()
     what = first.get("msg", "Invalid value")
     if first.get("type") == "missing":
         return InvalidRequestError(

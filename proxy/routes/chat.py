@@ -8,7 +8,7 @@ from starlette.responses import Response, StreamingResponse
 
 from proxy.chat import start_turn
 from proxy.deps import get_services, get_tenant
-from proxy.errors import InvalidRequestError
+from proxy.errors import InvalidRequestError, invalid_json
 from proxy.jsonutil import JSONResponse, loads
 from proxy.policy import TRANSCRIPT_HEADER, resolve
 from proxy.streaming import guarded
@@ -24,11 +24,7 @@ async def read_json(request: Request) -> dict[str, Any]:
     try:
         body = loads(raw)
     except ValueError:
-        raise InvalidRequestError(
-            "We could not parse the JSON body of your request. (HINT: This likely means you "
-            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-            code="invalid_json",
-        ) from None
+        raise invalid_json() from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     return body
