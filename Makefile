@@ -17,8 +17,8 @@ test: $(VENV)/.dev-installed $(SANDBOX_VENV)/.installed
 	$(VENV)/bin/pytest -q
 
 lint: $(VENV)/.dev-installed
-	$(VENV)/bin/ruff check proxy executor storage tests examples
-	$(VENV)/bin/ruff format --check proxy executor storage tests examples
+	$(VENV)/bin/ruff check codeproxy proxy executor storage tests examples
+	$(VENV)/bin/ruff format --check codeproxy proxy executor storage tests examples
 	$(VENV)/bin/mypy
 
 bench: $(VENV)/.dev-installed $(SANDBOX_VENV)/.installed

@@ -10,20 +10,24 @@ import hmac
 import logging
 import math
 import re
-import secrets
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from executor.client import TOKEN_HEADER, Executor
+from codeproxy.web import (
+    METHOD_NOT_ALLOWED,
+    UNKNOWN_URL,
+    RequestIdMiddleware,
+    describe_validation_errors,
+)
+from executor.api import TOKEN_HEADER, Executor
 from executor.errors import ExecutorError, InvalidRequest, NotFound, Unauthorized
 from executor.routes import execute, files, health, sessions
 from executor.settings import ExecutorSettings
@@ -86,7 +90,9 @@ def create_app(settings: ExecutorSettings, *, service: Executor | None = None) -
     app.add_exception_handler(ClientDisconnect, handle)
     token = settings.internal_token.get_secret_value() if settings.internal_token else None
     app.add_middleware(InternalAuthMiddleware, token=token)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(
+        RequestIdMiddleware, render=lambda exc: _render(_translate(exc)), accept_incoming=True
+    )
     return app
 
 
@@ -114,43 +120,6 @@ class InternalAuthMiddleware:
         await self.app(scope, receive, send)
 
 
-class RequestIdMiddleware:
-    """Sends `x-request-id` on every response (the proxy's own id when it passed one).
-
-    It also answers an unexpected exception with the 500 error JSON, so that response carries
-    the id too.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = Headers(scope=scope).get("x-request-id", "")
-        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else _new_request_id()
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                MutableHeaders(scope=message)["x-request-id"] = request_id
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except Exception as exc:
-            if started:
-                raise
-            await _render(_translate(exc))(scope, receive, send_with_id)
-
-
-def _new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
-
-
 def _translate(exc: BaseException) -> ExecutorError:
     """Any exception as an ExecutorError, so every error reaches the client in one shape."""
     if isinstance(exc, ExecutorError):
@@ -159,9 +128,9 @@ def _translate(exc: BaseException) -> ExecutorError:
         return _validation_error(exc)
     if isinstance(exc, StarletteHTTPException):
         if exc.status_code == 404:
-            return NotFound("Unknown request URL. Please check the URL and method.")
+            return NotFound(UNKNOWN_URL)
         if exc.status_code == 405:
-            return MethodNotAllowed("Method not allowed for this URL.")
+            return MethodNotAllowed(METHOD_NOT_ALLOWED)
         if exc.status_code < 500:
             return InvalidRequest(str(exc.detail))
     if isinstance(exc, ClientDisconnect):
@@ -171,16 +140,8 @@ def _translate(exc: BaseException) -> ExecutorError:
 
 
 def _validation_error(exc: RequestValidationError) -> InvalidRequest:
-    errors: list[Any] = list(exc.errors())
-    first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    param = ".".join(loc) or None
-    kind = first.get("type")
-    if kind == "json_invalid":
-        return InvalidRequest("The request body is not valid JSON.")
-    if kind == "missing":
-        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
-    return InvalidRequest(f"Invalid '{param}': {first.get('msg', 'invalid value')}.", param=param)
+    _code, param, message = describe_validation_errors(exc.errors())
+    return InvalidRequest(message, param=param)
 
 
 def _render(exc: ExecutorError) -> Response:

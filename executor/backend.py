@@ -3,11 +3,8 @@
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Protocol
 
-from executor.errors import InvalidRequest
 from executor.languages import Language
 from executor.models import FileEntry, RunOutcome
-
-DATA_DIR = "/mnt/data"
 
 
 class Sandbox(Protocol):
@@ -71,16 +68,3 @@ class SandboxBackend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-def relative_data_path(path: str) -> str:
-    """Normalise a client path to one relative to /mnt/data, refusing any escape."""
-    p = path.strip()
-    if p.startswith(DATA_DIR + "/"):
-        p = p[len(DATA_DIR) + 1 :]
-    elif p.startswith("/"):
-        raise InvalidRequest(f"Path {path!r} is outside {DATA_DIR}.", param="path")
-    parts = [part for part in p.split("/") if part not in ("", ".")]
-    if not parts or any(part == ".." for part in parts) or "\x00" in p:
-        raise InvalidRequest(f"Invalid path {path!r}.", param="path")
-    return "/".join(parts)

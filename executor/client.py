@@ -11,12 +11,12 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from executor.backend import relative_data_path
+from executor.api import TENANT_HEADER, TOKEN_HEADER, relative_data_path
 from executor.errors import (
     CapacityExhausted,
     ExecutorError,
@@ -28,41 +28,7 @@ from executor.errors import (
 )
 from executor.models import ExecuteRequest, ExecutionResult, FileEntry, PoolHealth, SessionInfo
 
-
-class Executor(Protocol):
-    """Tenant-scoped access to sandbox sessions. Another tenant's session is SessionNotFound."""
-
-    async def start(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-    async def health(self) -> PoolHealth: ...
-
-    async def create_session(self, tenant: str) -> SessionInfo: ...
-
-    async def get_session(self, tenant: str, session_id: str) -> SessionInfo: ...
-
-    async def list_sessions(self, tenant: str) -> list[SessionInfo]: ...
-
-    async def delete_session(self, tenant: str, session_id: str) -> None: ...
-
-    async def execute(self, tenant: str, request: ExecuteRequest) -> ExecutionResult:
-        """Run code in the session; cancelling the call interrupts the code and frees the lease."""
-        ...
-
-    async def upload_file(
-        self, tenant: str, session_id: str, path: str, chunks: AsyncIterable[bytes]
-    ) -> FileEntry: ...
-
-    async def read_file(self, tenant: str, session_id: str, path: str) -> AsyncIterator[bytes]: ...
-
-    async def list_files(self, tenant: str, session_id: str) -> list[FileEntry]: ...
-
-
 logger = logging.getLogger(__name__)
-
-TOKEN_HEADER = "Internal-Auth-Token"
-TENANT_HEADER = "Codeproxy-Tenant"
 
 
 class HttpExecutorClient:

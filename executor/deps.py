@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from executor.client import TENANT_HEADER, Executor
+from executor.api import TENANT_HEADER, Executor
 from executor.errors import InvalidRequest
 
 # Tenants are opaque names chosen by the proxy; the bound only keeps logs and maps sane.

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
-from executor.backend import DATA_DIR
+from executor.api import DATA_DIR
 from executor.errors import (
     CapacityExhausted,
     ExecutorError,

@@ -15,7 +15,8 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
-from executor.backend import DATA_DIR, Sandbox, SandboxBackend, relative_data_path
+from executor.api import DATA_DIR, relative_data_path
+from executor.backend import Sandbox, SandboxBackend
 from executor.errors import (
     ExecutorError,
     FileTooLarge,

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
 
-from executor.client import Executor
+from codeproxy.web import RequestIdMiddleware
+from executor.api import Executor
 from proxy.auth import Authenticator
 from proxy.deps import Services
-from proxy.errors import install_handlers
+from proxy.errors import install_handlers, render_unexpected
 from proxy.jsonutil import JSONResponse
-from proxy.middleware import RequestIdMiddleware
 from proxy.routes import chat, code_interpreter, downloads, files, health, models
 from proxy.settings import Settings
 from proxy.upstream import Upstream
@@ -121,7 +121,7 @@ def create_app(
     app.include_router(api, prefix="/v1")
     # Clients whose base URL lacks /v1 reach the same routes.
     app.include_router(api, include_in_schema=False)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, render=render_unexpected)
     return app
 
 

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from executor.errors import ExecutorError
+from executor.api import ExecutorError
 from proxy.coderunner import DATA, CodeRunner, SavedFile
 from proxy.conversations import Memory, cap, rebuild, recall, remember, visible
 from proxy.deps import Services, get_executor

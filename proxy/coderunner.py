@@ -11,9 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from executor.client import Executor
-from executor.errors import ExecutorError
-from executor.models import ExecuteRequest, ExecutionResult
+from executor.api import ExecuteRequest, ExecutionResult, Executor, ExecutorError
 from proxy.deps import Services
 from proxy.filestore import open_file, require_file, store_file
 from proxy.ids import new_id

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from executor.errors import SessionNotFound
+from executor.api import SessionNotFound
 from proxy.deps import Services
 from proxy.ids import new_id
 from proxy.jsonutil import dumps, loads

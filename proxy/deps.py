@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from executor.client import Executor
+from executor.api import Executor
 from proxy.auth import Authenticator, Tenant
 from proxy.errors import ServiceUnavailableError
 from proxy.settings import Settings

@@ -24,7 +24,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from executor.errors import ExecutorError
+from codeproxy.web import (
+    METHOD_NOT_ALLOWED,
+    UNKNOWN_URL,
+    describe_validation_errors,
+    error_body,
+)
+from executor.api import ExecutorError
 from proxy.jsonutil import JSONResponse
 
 logger = logging.getLogger(__name__)
@@ -109,10 +115,6 @@ class ServiceUnavailableError(APIError):
     default_code = "service_unavailable"
 
 
-def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 def status_of(exc: APIError) -> int:
     return exc.upstream_status if isinstance(exc, UpstreamError) else exc.status
 
@@ -154,32 +156,26 @@ def invalid_json() -> InvalidRequestError:
 
 
 def _validation_error(exc: RequestValidationError) -> InvalidRequestError:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    param = ".".join(loc) or None
-    if first.get("type") == "json_invalid":
+    code, param, message = describe_validation_errors(exc.errors())
+    if code == "invalid_json":
         return invalid_json()
-    what = first.get("msg", "Invalid value")
-    if first.get("type") == "missing":
-        return InvalidRequestError(
-            f"Missing required parameter: '{param}'.",
-            param=param,
-            code="missing_required_parameter",
-        )
-    return InvalidRequestError(f"Invalid '{param}': {what}.", param=param, code="invalid_value")
+    return InvalidRequestError(message, param=param, code=code)
 
 
 def _http_error(exc: StarletteHTTPException) -> APIError:
     if exc.status_code == 404:
-        return NotFoundError(
-            "Unknown request URL. Please check the URL and method.", code="unknown_url"
-        )
+        return NotFoundError(UNKNOWN_URL, code="unknown_url")
     if exc.status_code == 405:
-        return MethodNotAllowedError("Method not allowed for this URL.")
+        return MethodNotAllowedError(METHOD_NOT_ALLOWED)
     err = APIError(str(exc.detail))
     err.status = exc.status_code
     err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
     return err
+
+
+def render_unexpected(exc: Exception) -> Response:
+    """The answer to an exception that escaped every handler (see RequestIdMiddleware)."""
+    return render(translate(exc))
 
 
 def install_handlers(app: FastAPI) -> None:

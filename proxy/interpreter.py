@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from executor.models import ExecutionResult
+from executor.api import ExecutionResult
 from proxy.errors import InvalidRequestError
 from proxy.jsonutil import loads
 

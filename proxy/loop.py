@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from executor.errors import InvalidRequest as ExecutorInvalidRequest
+from executor.api import InvalidRequest as ExecutorInvalidRequest
 from proxy.coderunner import CodeRunner, Run
 from proxy.errors import APIError, InvalidRequestError, translate
 from proxy.ids import new_id

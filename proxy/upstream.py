@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from proxy.errors import UpstreamError, UpstreamUnreachableError, error_body
+from codeproxy.web import error_body
+from proxy.errors import UpstreamError, UpstreamUnreachableError
 from proxy.jsonutil import dumps, loads
 from proxy.settings import Settings
 

@@ -14,7 +14,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from executor.backend import DATA_DIR
+from executor.api import DATA_DIR
 from executor.errors import FileTooLarge, InvalidRequest, SandboxFileNotFound
 from executor.models import FileEntry
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from executor.backend import relative_data_path
+from executor.api import relative_data_path
 from executor.errors import ExecutorError, SandboxUnavailable
 from executor.languages import Language
 from executor.local import bwrap

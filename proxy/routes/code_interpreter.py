@@ -6,8 +6,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from executor.languages import parse_language
-from executor.models import SessionInfo
+from executor.api import SessionInfo, parse_language
 from proxy.coderunner import CodeRunner
 from proxy.deps import ExecutorDep, ServicesDep, TenantDep
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from executor.errors import ExecutorError
+from executor.api import ExecutorError
 from proxy.deps import ServicesDep
 from proxy.errors import ServiceUnavailableError
 

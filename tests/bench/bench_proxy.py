@@ -128,7 +128,7 @@ async def run(scale: float) -> int:
     try:
         procs.append(
             start(
-                [sys.executable, "-m", "proxy.cli", "serve"],
+                [sys.executable, "-m", "codeproxy.cli", "serve"],
                 {
                     **env,
                     "CODEPROXY_PORT": str(proxy_port),

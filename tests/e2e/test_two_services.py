@@ -40,7 +40,7 @@ def service(args: list[str], env: dict[str, str], port: int, log: Path) -> Itera
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", *args],
+            [sys.executable, "-m", "codeproxy.cli", *args],
             env=full,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -136,7 +136,7 @@ def test_wrong_internal_token_is_refused(
     env = proxy_env(tmp_path, executor_url, upstream, "not-the-token")
     base = {k: v for k, v in os.environ.items() if not k.startswith("CODEPROXY_")}
     done = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "proxy"],
+        [sys.executable, "-m", "codeproxy.cli", "proxy"],
         env={**base, **env, "CODEPROXY_PORT": str(free_port())},
         capture_output=True,
         text=True,

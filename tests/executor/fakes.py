@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor.backend import DATA_DIR, SandboxBackend
+from executor.api import DATA_DIR
+from executor.backend import SandboxBackend
 from executor.errors import FileTooLarge, SandboxFileNotFound, SandboxUnavailable
 from executor.languages import Language
 from executor.models import ExecutionError, FileEntry, RichOutput, RunOutcome

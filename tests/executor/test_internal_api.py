@@ -13,8 +13,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from executor.api import TENANT_HEADER, TOKEN_HEADER, Executor
 from executor.app import create_app
-from executor.client import TENANT_HEADER, TOKEN_HEADER, Executor, HttpExecutorClient
+from executor.client import HttpExecutorClient
 from executor.errors import (
     CapacityExhausted,
     FileTooLarge,

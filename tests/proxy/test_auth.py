@@ -93,7 +93,7 @@ def test_tenants_from_jwt_are_isolated(proxy_url: str) -> None:
 def _cli(data_dir: Path, *args: str) -> str:
     env = {**os.environ, "CODEPROXY_DATA_DIR": str(data_dir), "CODEPROXY_SECRET_KEY": SIGNING_KEY}
     done = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", *args],
+        [sys.executable, "-m", "codeproxy.cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -1,0 +1,1 @@
+"""The `codeproxy` command and the ASGI pieces both services share (importing neither)."""

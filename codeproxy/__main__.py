@@ -1,0 +1,3 @@
+from codeproxy.cli import main
+
+main()
