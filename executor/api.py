@@ -15,8 +15,11 @@ from executor.errors import (
     FileTooLarge,
     InvalidRequest,
     NotFound,
+    QuotaExceeded,
     SandboxFileNotFound,
     SandboxUnavailable,
+    SessionEvicted,
+    SessionExpired,
     SessionNotFound,
     Unauthorized,
     UnsupportedLanguage,
@@ -30,6 +33,7 @@ from executor.models import (
     PoolHealth,
     RichOutput,
     SessionInfo,
+    SessionOptions,
 )
 
 __all__ = [
@@ -48,11 +52,15 @@ __all__ = [
     "Language",
     "NotFound",
     "PoolHealth",
+    "QuotaExceeded",
     "RichOutput",
     "SandboxFileNotFound",
     "SandboxUnavailable",
+    "SessionEvicted",
+    "SessionExpired",
     "SessionInfo",
     "SessionNotFound",
+    "SessionOptions",
     "Unauthorized",
     "UnsupportedLanguage",
     "parse_language",
@@ -74,7 +82,9 @@ class Executor(Protocol):
 
     async def health(self) -> PoolHealth: ...
 
-    async def create_session(self, tenant: str) -> SessionInfo: ...
+    async def create_session(
+        self, tenant: str, options: SessionOptions | None = None
+    ) -> SessionInfo: ...
 
     async def get_session(self, tenant: str, session_id: str) -> SessionInfo: ...
 

@@ -21,12 +21,20 @@ from executor.errors import (
     CapacityExhausted,
     ExecutorError,
     NotFound,
+    QuotaExceeded,
     SandboxUnavailable,
     SessionNotFound,
     Unauthorized,
     from_body,
 )
-from executor.models import ExecuteRequest, ExecutionResult, FileEntry, PoolHealth, SessionInfo
+from executor.models import (
+    ExecuteRequest,
+    ExecutionResult,
+    FileEntry,
+    PoolHealth,
+    SessionInfo,
+    SessionOptions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +122,23 @@ class HttpExecutorClient:
             sandboxes=sum(h.sandboxes for h in healths),
             max_sandboxes=sum(h.max_sandboxes for h in healths),
             busy=sum(h.busy for h in healths),
+            sessions=sum(h.sessions for h in healths),
+            waiting=sum(h.waiting for h in healths),
+            evicted=sum(h.evicted for h in healths),
+            expired=sum(h.expired for h in healths),
         )
 
-    async def create_session(self, tenant: str) -> SessionInfo:
+    async def create_session(
+        self, tenant: str, options: SessionOptions | None = None
+    ) -> SessionInfo:
+        body = options.model_dump(exclude_none=True) if options is not None else {}
         last_error: ExecutorError | None = None
         for node in self._placement():
             try:
-                response = await self._request(node, "POST", "/sessions", tenant=tenant, ok=(201,))
-            except (CapacityExhausted, SandboxUnavailable) as exc:
+                response = await self._request(
+                    node, "POST", "/sessions", tenant=tenant, ok=(201,), json=body
+                )
+            except (CapacityExhausted, QuotaExceeded, SandboxUnavailable) as exc:
                 last_error = exc
                 continue
             info = SessionInfo.model_validate(response.json())

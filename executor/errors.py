@@ -6,8 +6,11 @@
     ├── Unauthorized                 401 invalid_request_error / invalid_internal_token
     ├── NotFound                     404 invalid_request_error
     │   ├── SessionNotFound              / session_not_found
+    │   │   ├── SessionExpired           / session_expired (it idled too long)
+    │   │   └── SessionEvicted           / session_evicted (its sandbox went to a newer one)
     │   └── SandboxFileNotFound          / file_not_found
     ├── FileTooLarge                 413 invalid_request_error / file_too_large
+    ├── QuotaExceeded                429 rate_limit_error / rate_limit_exceeded (Retry-After)
     ├── CapacityExhausted            503 service_unavailable_error / sandbox_capacity (Retry-After)
     └── SandboxUnavailable           503 service_unavailable_error / sandbox_unavailable
 
@@ -72,6 +75,14 @@ class SessionNotFound(NotFound):
     code = "session_not_found"
 
 
+class SessionExpired(SessionNotFound):
+    code = "session_expired"
+
+
+class SessionEvicted(SessionNotFound):
+    code = "session_evicted"
+
+
 class SandboxFileNotFound(NotFound):
     code = "file_not_found"
 
@@ -80,6 +91,14 @@ class FileTooLarge(ExecutorError):
     status = 413
     type = "invalid_request_error"
     code = "file_too_large"
+
+
+class QuotaExceeded(ExecutorError):
+    """A tenant, or one end user of it, holds all the sandboxes it may hold, all busy."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class CapacityExhausted(ExecutorError):

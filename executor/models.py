@@ -65,7 +65,21 @@ class ExecuteRequest(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
 
 
-class CreateSessionRequest(BaseModel):
+# Tenants and end users are opaque names chosen by the proxy; the bound keeps logs and maps sane.
+MAX_NAME_LENGTH = 256
+
+
+class SessionOptions(BaseModel):
+    """How to create a session. Every field is optional, so callers name only what they need."""
+
+    # The end user of the tenant's app the session is for: quotas and eviction then count
+    # per end user (within the tenant's own quota) instead of per tenant alone.
+    user: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
+
+
+class CreateSessionRequest(SessionOptions):
+    """The internal API's body for a new session."""
+
     language: str | None = None
 
 
@@ -74,6 +88,7 @@ class SessionInfo(BaseModel):
 
     id: str
     tenant: str
+    user: str | None = None
     status: Literal["active", "busy", "expired", "deleted"]
     created_at: float
     last_active_at: float
@@ -82,9 +97,20 @@ class SessionInfo(BaseModel):
 
 
 class PoolHealth(BaseModel):
+    """The execution service's capacity and what it did with it, for operators and tests."""
+
     status: Literal["ok", "degraded"]
     backend: str
+    # Started sandboxes waiting to be leased.
     warm: int
+    # Every sandbox that exists, or is being started or closed.
     sandboxes: int
     max_sandboxes: int
+    # Sessions running code now, and sessions in all.
     busy: int
+    sessions: int = 0
+    # Requests waiting for a sandbox.
+    waiting: int = 0
+    # Sessions ended since start: to make room for newer ones, and after idling too long.
+    evicted: int = 0
+    expired: int = 0

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from executor.errors import (
     FileTooLarge,
     InvalidRequest,
     SandboxUnavailable,
+    SessionEvicted,
+    SessionExpired,
     SessionNotFound,
 )
 from executor.languages import Language, parse_language
@@ -32,11 +35,15 @@ from executor.models import (
     PoolHealth,
     RunOutcome,
     SessionInfo,
+    SessionOptions,
 )
-from executor.pool import SandboxPool
+from executor.pool import Claim, Quota, SandboxPool
 from executor.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
+
+# How many ended sessions are remembered, to tell their owner why one is gone.
+ENDED_MEMORY = 10_000
 
 
 def make_backend(settings: ExecutorSettings) -> SandboxBackend:
@@ -58,6 +65,7 @@ class _Session:
     sandbox: Sandbox | None
     created_at: float
     last_active_at: float
+    user: str | None = None
     executions: int = 0
     deleted: bool = False
     # Set when the sandbox was replaced, so the next execution reports the lost state.
@@ -72,6 +80,18 @@ class _Session:
     def busy(self) -> bool:
         return self.lease.locked()
 
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.tenant, self.user)
+
+    def counts_in(self, claim: Claim, quota: Quota) -> bool:
+        """Whether this session counts against `quota` of `claim`."""
+        if quota is Quota.SERVICE:
+            return True
+        if quota is Quota.TENANT:
+            return self.tenant == claim.tenant
+        return self.claim == claim
+
     def touch(self) -> None:
         self.last_active_at = time.time()
 
@@ -79,6 +99,7 @@ class _Session:
         return SessionInfo(
             id=self.id,
             tenant=self.tenant,
+            user=self.user,
             status="busy" if self.busy else "active",
             created_at=self.created_at,
             last_active_at=self.last_active_at,
@@ -97,10 +118,16 @@ class ExecutorService:
             self._backend,
             size=settings.pool_size,
             max_sandboxes=settings.max_sandboxes,
-            max_per_tenant=settings.max_sandboxes_per_tenant,
+            max_per_tenant=settings.tenant_quota,
+            max_per_user=settings.max_sandboxes_per_user,
             acquire_timeout=settings.acquire_timeout,
+            evict=self._evict_idle,
         )
         self._sessions: dict[str, _Session] = {}
+        # Why recently ended sessions are gone, by id: (tenant, the error that says so).
+        self._ended: OrderedDict[str, tuple[str, type[SessionNotFound]]] = OrderedDict()
+        self._evictions = 0
+        self._expiries = 0
         self._reaper: asyncio.Task[None] | None = None
         self._disposals: set[asyncio.Task[None]] = set()
         self._running = False
@@ -143,27 +170,32 @@ class ExecutorService:
             sandboxes=self._pool.slots,
             max_sandboxes=self._pool.max_sandboxes,
             busy=sum(1 for s in self._sessions.values() if s.busy),
+            sessions=len(self._sessions),
+            waiting=self._pool.waiting,
+            evicted=self._evictions,
+            expired=self._expiries,
         )
 
-    async def create_session(self, tenant: str) -> SessionInfo:
+    async def create_session(
+        self, tenant: str, options: SessionOptions | None = None
+    ) -> SessionInfo:
+        """Start a session; waits in line (evicting idle sessions) while quotas are full."""
         self._require_running()
-        if self._pool.at_capacity(tenant):
-            # Expired sessions may still hold capacity until the next reaper pass.
-            await self._reap_expired()
-        if self._pool.leases(tenant) >= self._settings.max_sandboxes_per_tenant:
-            self._evict_idle(tenant)
-        sandbox = await self._pool.acquire(tenant)
+        user = options.user if options is not None else None
+        claim = Claim(tenant, user)
+        sandbox = await self._pool.acquire(claim)
         now = time.time()
         session = _Session(
             id=f"cntr_{secrets.token_hex(16)}",
             tenant=tenant,
+            user=user,
             sandbox=sandbox,
             created_at=now,
             last_active_at=now,
         )
         if not self._running:
             # Shut down while the sandbox was starting.
-            await self._pool.release(tenant, sandbox)
+            await self._pool.release(claim, sandbox)
             raise SandboxUnavailable("The executor is shutting down.")
         self._sessions[session.id] = session
         logger.info("session %s created for tenant %s on %s", session.id, tenant, sandbox.id)
@@ -192,25 +224,29 @@ class ExecutorService:
         language = parse_language(request.language)
         timeout = self._timeout(request.timeout)
         session = self._session(tenant, request.session_id)
-        async with session.lease:
-            if session.deleted:
-                raise self._gone(session.id)
-            session.touch()
-            try:
-                sandbox = await self._live_sandbox(session)
-                before = session.files_seen
-                session.files_seen = None
-                if before is None:
-                    before = await sandbox.list_files()
-                outcome = await self._run(session, sandbox, request.code, language, timeout)
+        try:
+            async with session.lease:
                 if session.deleted:
                     raise self._gone(session.id)
-                files = await self._changed_files(session, sandbox, before)
-                session.executions += 1
-                state_lost = outcome.state_lost or session.state_lost
-                session.state_lost = False
-            finally:
                 session.touch()
+                try:
+                    sandbox = await self._live_sandbox(session)
+                    before = session.files_seen
+                    session.files_seen = None
+                    if before is None:
+                        before = await sandbox.list_files()
+                    outcome = await self._run(session, sandbox, request.code, language, timeout)
+                    if session.deleted:
+                        raise self._gone(session.id)
+                    files = await self._changed_files(session, sandbox, before)
+                    session.executions += 1
+                    state_lost = outcome.state_lost or session.state_lost
+                    session.state_lost = False
+                finally:
+                    session.touch()
+        finally:
+            # Idle again: a request waiting for a sandbox may take this one over.
+            self._pool.wake()
         return ExecutionResult.model_validate(
             {
                 **outcome.model_dump(),
@@ -266,19 +302,39 @@ class ExecutorService:
         return requested
 
     def _session(self, tenant: str, session_id: str) -> _Session:
-        """The tenant's live session; anything else (including another tenant's) is not found."""
+        """The tenant's live session; anything else (including another tenant's) is not found.
+
+        The owner of a session that ended on its own learns why: expired or evicted.
+        """
         session = self._sessions.get(session_id)
         if session is None or session.tenant != tenant:
+            owner, error = self._ended.get(session_id, (None, SessionNotFound))
+            if owner == tenant:
+                raise self._gone(session_id, error)
             raise self._gone(session_id)
         if self._expired(session, time.time()):
-            self._sessions.pop(session.id, None)
+            self._end(session, SessionExpired)
             self._dispose_later(session)
-            raise self._gone(session_id)
+            raise self._gone(session_id, SessionExpired)
         return session
 
-    @staticmethod
-    def _gone(session_id: str) -> SessionNotFound:
-        return SessionNotFound(f"No session found with id {session_id!r}.", param="session_id")
+    def _gone(
+        self, session_id: str, error: type[SessionNotFound] = SessionNotFound
+    ) -> SessionNotFound:
+        if error is SessionExpired:
+            idle = self._settings.session_idle_timeout
+            message = (
+                f"Session {session_id!r} expired after {idle:g} idle seconds and its sandbox "
+                "is gone. Create a new session."
+            )
+        elif error is SessionEvicted:
+            message = (
+                f"Session {session_id!r} was evicted: its sandbox went to a newer session "
+                "when the limit of sandboxes was reached. Create a new session."
+            )
+        else:
+            message = f"No session found with id {session_id!r}."
+        return error(message, param="session_id")
 
     def _expired(self, session: _Session, now: float) -> bool:
         idle = now - session.last_active_at
@@ -363,7 +419,7 @@ class ExecutorService:
             held = True
         try:
             sandbox, session.sandbox = session.sandbox, None
-            await self._pool.release(session.tenant, sandbox)
+            await self._pool.release(session.claim, sandbox)
         finally:
             if held:
                 session.lease.release()
@@ -373,29 +429,52 @@ class ExecutorService:
         self._disposals.add(task)
         task.add_done_callback(self._disposals.discard)
 
-    def _evict_idle(self, tenant: str) -> None:
-        """Make room in a tenant's share by ending its least recently used idle session.
+    def _evict_idle(self, claim: Claim, quota: Quota) -> bool:
+        """Make room for a waiting request by ending the least recently used idle session
+        that counts against the full `quota` (the pool's `Evict` callback).
 
-        A tenant competes only with itself here: its oldest conversation loses its sandbox
-        rather than its newest request failing. Busy sessions are never taken.
+        Within a user's or tenant's quota the waiter competes only with itself: its oldest
+        conversation loses its sandbox rather than its newest request failing. Busy sessions
+        are never taken.
         """
-        idle = [s for s in self._sessions.values() if s.tenant == tenant and not s.busy]
+        idle = [s for s in self._sessions.values() if not s.busy and s.counts_in(claim, quota)]
         if not idle:
-            return
+            return False
         oldest = min(idle, key=lambda s: s.last_active_at)
-        self._sessions.pop(oldest.id, None)
-        logger.info("session %s ended to make room for a new one of its tenant", oldest.id)
+        if self._expired(oldest, time.time()):
+            self._end(oldest, SessionExpired)
+        else:
+            self._end(oldest, SessionEvicted)
+            logger.info(
+                "session %s evicted after %.0f idle seconds: the %s limit was reached",
+                oldest.id,
+                time.time() - oldest.last_active_at,
+                quota.value,
+            )
         # It is idle, so nothing runs in it: its sandbox can close while the new one starts.
         oldest.deleted = True
         sandbox, oldest.sandbox = oldest.sandbox, None
-        self._pool.release_later(tenant, sandbox)
+        self._pool.release_later(oldest.claim, sandbox)
+        return True
+
+    def _end(self, session: _Session, error: type[SessionNotFound]) -> None:
+        """Forget a session that ended on its own, remembering why for its owner."""
+        self._sessions.pop(session.id, None)
+        self._ended[session.id] = (session.tenant, error)
+        while len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
+        if error is SessionEvicted:
+            self._evictions += 1
+        else:
+            self._expiries += 1
+            idle = time.time() - session.last_active_at
+            logger.info("session %s expired after %.0f idle seconds", session.id, idle)
 
     async def _reap_expired(self) -> None:
         now = time.time()
         expired = [s for s in self._sessions.values() if self._expired(s, now)]
         for session in expired:
-            self._sessions.pop(session.id, None)
-            logger.info("session %s expired after idling", session.id)
+            self._end(session, SessionExpired)
         await asyncio.gather(*(self._dispose(s) for s in expired), return_exceptions=True)
 
     async def _reap_forever(self) -> None:

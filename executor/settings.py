@@ -1,5 +1,7 @@
 """Settings of the execution service, read from `CODEPROXY_*` variables and `.env`."""
 
+import os
+import resource
 from pathlib import Path
 from typing import Literal
 
@@ -7,6 +9,41 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+
+# What one sandbox costs the host while it idles: an idle kernel in its bubblewrap sandbox is
+# about 45 MB; 64 leaves room for the first imports. At most half of the memory goes to idle
+# sandboxes: the rest is for the service and for sandboxes at work.
+IDLE_SANDBOX_MB = 64
+# The service holds about ten descriptors per local sandbox (sockets, pidfd, cgroup files).
+FILES_PER_SANDBOX = 16
+RESERVED_FILES = 256
+MIN_SANDBOXES, MAX_SANDBOXES = 4, 1024
+
+
+def memory_bytes() -> int:
+    """The memory this process may use: the host's, or its cgroup's limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in (
+        Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+        Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+    ):
+        try:
+            limit = limit_file.read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total
+
+
+def default_max_sandboxes() -> int:
+    """How many sandboxes this machine can keep: half its memory at IDLE_SANDBOX_MB each,
+    within the open-file limit: about 190 on a 24 GB host."""
+    count = memory_bytes() // 2 // (IDLE_SANDBOX_MB * MIB)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY:
+        count = min(count, (soft - RESERVED_FILES) // FILES_PER_SANDBOX)
+    return max(MIN_SANDBOXES, min(count, MAX_SANDBOXES))
 
 
 class ExecutorSettings(BaseSettings):
@@ -40,8 +77,11 @@ class ExecutorSettings(BaseSettings):
     e2b_domain: str | None = None
 
     pool_size: int = Field(default=2, ge=0)
-    max_sandboxes: int = Field(default=16, ge=1)
-    max_sandboxes_per_tenant: int = Field(default=4, ge=1)
+    max_sandboxes: int = Field(default_factory=default_max_sandboxes, ge=1)
+    # None: half of max_sandboxes, so that one API key cannot take the whole machine.
+    max_sandboxes_per_tenant: int | None = Field(default=None, ge=1)
+    # Per end user, when the tenant's app names its users (chat apps: one key, many users).
+    max_sandboxes_per_user: int = Field(default=8, ge=1)
     acquire_timeout: float = Field(default=10.0, ge=0)
     session_idle_timeout: float = Field(default=1200.0, gt=0)
     reaper_interval: float = Field(default=15.0, gt=0)
@@ -57,3 +97,10 @@ class ExecutorSettings(BaseSettings):
     tmp_size_mb: int = Field(default=256, ge=16)
     data_size_mb: int = Field(default=512, ge=16)
     max_file_bytes: int = Field(default=512 * MIB, ge=1)
+
+    @property
+    def tenant_quota(self) -> int:
+        """The most sandboxes one tenant may hold."""
+        if self.max_sandboxes_per_tenant is not None:
+            return self.max_sandboxes_per_tenant
+        return max(1, self.max_sandboxes // 2)

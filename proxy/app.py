@@ -8,6 +8,8 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from codeproxy.web import RequestIdMiddleware
 from executor.api import Executor
@@ -23,6 +25,7 @@ from storage.conversations import purge_conversations
 from storage.db import create_engine, create_tables, session_factory
 from storage.executions import forget_old_content
 from storage.files import expired_files
+from storage.keys import has_active_key
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ def create_app(
                 "a key",
                 settings.upstream_base_url,
             )
+        await _explain_missing_keys(settings, db)
         remote = executor
         if remote is None and settings.executor_url:
             if settings.internal_token is None:
@@ -123,6 +127,21 @@ def create_app(
     app.include_router(api, include_in_schema=False)
     app.add_middleware(RequestIdMiddleware, render=render_unexpected)
     return app
+
+
+async def _explain_missing_keys(settings: Settings, db: async_sessionmaker[AsyncSession]) -> None:
+    """A service nobody can call says so, and how to fix it, at start-up."""
+    if settings.api_keys:
+        return
+    async with db() as session:
+        if await has_active_key(session):
+            return
+    logger.warning(
+        "no API key is configured, so every request is refused with 'Incorrect API key "
+        "provided'. Either set CODEPROXY_API_KEYS=<a secret of your choice> (comma-separated "
+        "for several) and restart, or run `codeproxy keys create NAME`, which prints a key "
+        "that works at once."
+    )
 
 
 async def _housekeeping(services: Services) -> None:

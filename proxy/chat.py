@@ -7,17 +7,27 @@ from proxy.coderunner import DATA, CodeRunner, SavedFile
 from proxy.conversations import Memory, cap, rebuild, recall, remember, visible
 from proxy.deps import Services, get_executor
 from proxy.filestore import store_file
+from proxy.forwarded import Forwarded
 from proxy.interpreter import Plan
 from proxy.links import download_url
 from proxy.loop import ChatLoop
 from proxy.transcript import LinkRewriter, Transcript
 from storage.files import get_file
 
-RESET_NOTE = (
-    "Note: the sandbox this conversation used before has expired, so its Python state "
-    "(variables, imports) is gone; files it had saved in /mnt/data were put back. Re-run "
-    "earlier code if you need its results."
-)
+# Why the sandbox a conversation used before is gone, as the model is told.
+ENDED = {
+    "expired": "has expired after idling",
+    "evicted": "was evicted to make room for newer sessions",
+    "lost": "is gone",
+}
+
+
+def reset_note(ended: str) -> str:
+    return (
+        f"Note: the sandbox this conversation used before {ENDED[ended]}, so its Python "
+        "state (variables, imports) is gone; files it had saved in /mnt/data were put back. "
+        "Re-run earlier code if you need its results."
+    )
 
 
 class FileLinks:
@@ -75,13 +85,19 @@ class FileLinks:
 
 
 async def start_turn(
-    services: Services, tenant: str, body: dict[str, Any], plan: Plan, base_url: str
+    services: Services,
+    tenant: str,
+    body: dict[str, Any],
+    plan: Plan,
+    base_url: str,
+    forwarded: Forwarded = Forwarded(),
 ) -> ChatLoop:
     """Everything checked and recalled; the loop is ready to run."""
-    runner = CodeRunner(services, await get_executor(services), tenant, source="chat")
+    executor = await get_executor(services)
+    runner = CodeRunner(services, executor, tenant, source="chat", user=forwarded.user)
     memory = Memory()
     if plan.container is None:
-        memory = await recall(services, tenant, body["messages"])
+        memory = await recall(services, tenant, body["messages"], forwarded)
     await runner.attach(
         session_id=plan.container or memory.session_id,
         file_ids=plan.file_ids,
@@ -91,7 +107,7 @@ async def start_turn(
     messages = body["messages"]
 
     async def on_finish(loop: ChatLoop) -> None:
-        if not (memory.known or runner.session_id):
+        if not (memory.known or runner.runs):
             return
         files = dict(memory.files)
         for run in runner.runs:
@@ -111,6 +127,8 @@ async def start_turn(
             turns=[*memory.turns, turn],
             files=files,
             session_id=runner.session_id,
+            forwarded=forwarded,
+            ran_code=bool(runner.runs),
         )
 
     return ChatLoop(
@@ -122,7 +140,7 @@ async def start_turn(
         history=rebuild(messages, cap(memory.turns, services.settings.max_hidden_chars))
         if memory.known
         else None,
-        note=RESET_NOTE if memory.reset else "",
+        note=reset_note(memory.ended) if memory.ended else "",
         transcript=Transcript(plan.transcript or "none", links.url),
         links=LinkRewriter(links.resolve),
         on_finish=on_finish,

@@ -11,7 +11,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from executor.api import ExecuteRequest, ExecutionResult, Executor, ExecutorError
+from executor.api import (
+    ExecuteRequest,
+    ExecutionResult,
+    Executor,
+    ExecutorError,
+    SessionEvicted,
+    SessionExpired,
+    SessionOptions,
+)
 from proxy.deps import Services
 from proxy.filestore import open_file, require_file, store_file
 from proxy.ids import new_id
@@ -72,15 +80,29 @@ class Run:
 
 
 class CodeRunner:
-    def __init__(self, services: Services, executor: Executor, tenant: str, *, source: str):
+    def __init__(
+        self,
+        services: Services,
+        executor: Executor,
+        tenant: str,
+        *,
+        source: str,
+        user: str | None = None,
+    ):
         self.services = services
         self.executor = executor
         self.tenant = tenant
         self.source = source
+        # The end user of the tenant's app, whose quota a new session counts against.
+        self.user = user
         self.session_id: str | None = None
         self.runs: list[Run] = []
         # Input files to copy into the sandbox before the first run, by their /mnt/data name.
         self._pending: dict[str, File] = {}
+        # Files put into or saved from the session so far, to put back into a replacement.
+        self._known: dict[str, File] = {}
+        # Whether the session is this turn's own (not one the client named and must keep).
+        self._own_session = False
 
     async def attach(
         self,
@@ -116,25 +138,36 @@ class CodeRunner:
     async def session(self) -> str:
         """The session to run in: the attached one, or a new one; input files copied in."""
         if self.session_id is None:
-            self.session_id = (await self.executor.create_session(self.tenant)).id
+            options = SessionOptions(user=self.user)
+            self.session_id = (await self.executor.create_session(self.tenant, options)).id
+            self._own_session = True
         while self._pending:
             name, row = next(iter(self._pending.items()))
             chunks = await open_file(self.services.blobs, row)
             await self.executor.upload_file(self.tenant, self.session_id, name, chunks)
-            del self._pending[name]
+            self._known[name] = self._pending.pop(name)
         return self.session_id
 
     async def run(self, code: str, language: str, *, timeout: float | None = None) -> Run:
-        session_id = await self.session()
-        result = await self.executor.execute(
-            self.tenant,
-            ExecuteRequest(
-                session_id=session_id,
-                code=code,
-                language=language,
-                timeout=timeout or self.services.settings.code_timeout,
-            ),
+        request = ExecuteRequest(
+            session_id=await self.session(),
+            code=code,
+            language=language,
+            timeout=timeout or self.services.settings.code_timeout,
         )
+        try:
+            result = await self.executor.execute(self.tenant, request)
+        except (SessionEvicted, SessionExpired):
+            if not (self._own_session or self.runs):
+                raise
+            # The session this turn ran in ended between two runs (a waiting request took it
+            # over): go on in a new one with the turn's files put back, and let the model know
+            # that its variables are gone.
+            self.session_id = None
+            self._pending = {**self._known, **self._pending}
+            request.session_id = await self.session()
+            result = await self.executor.execute(self.tenant, request)
+            result.state_lost = True
         run = Run(id=new_id("exec_"), code=code, language=result.language, result=result)
         await self._save_outputs(run)
         self.runs.append(run)
@@ -153,6 +186,8 @@ class CodeRunner:
                 continue  # deleted again or replaced by something unreadable meanwhile
             row = await self._store(posixpath.basename(entry.path), chunks)
             run.files.append(SavedFile(row.id, row.filename, row.bytes, entry.path))
+            if entry.path.startswith(DATA + "/"):
+                self._known[entry.path[len(DATA) + 1 :]] = row
         budget -= len(run.files)
         for output in run.result.results:
             for mime, ext in IMAGE_TYPES.items():

@@ -5,19 +5,27 @@ under a hash of the visible conversation up to that reply. When the next request
 history contains that reply, the hidden steps are put back in place for the upstream, and the
 conversation's sandbox session is reused, so the model knows what ran and the kernel still
 holds its variables. An edited history matches no record and starts afresh.
+
+When the app names its end user, conversations are that user's alone. When it forwards a chat
+id, the chat keeps its sandbox (and files) across edits and regenerations too: the session is
+also stored under the chat's key; the hidden steps still need the exact visible history.
 """
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from executor.api import SessionNotFound
+from executor.api import SessionEvicted, SessionExpired, SessionNotFound
 from proxy.deps import Services
+from proxy.forwarded import Forwarded
 from proxy.ids import new_id
 from proxy.jsonutil import dumps, loads
-from storage.conversations import find_conversation
+from storage.conversations import find_conversation, replace_conversation
 from storage.models import Conversation
+
+logger = logging.getLogger(__name__)
 
 HIDDEN_ROLES = ("system", "developer")
 OMITTED = "[output of an earlier run omitted]"
@@ -55,9 +63,12 @@ def visible(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m for m in messages if m.get("role") not in HIDDEN_ROLES]
 
 
-def prefix_hashes(messages: list[dict[str, Any]]) -> list[str]:
-    """Hashes of every visible prefix that ends with an assistant message, longest first."""
+def prefix_hashes(messages: list[dict[str, Any]], user: str | None = None) -> list[str]:
+    """Hashes of every visible prefix that ends with an assistant message, longest first;
+    an end user's conversations hash apart from everyone else's."""
     digest = hashlib.sha256()
+    if user is not None:
+        digest.update(f"user\n{user}\n".encode())
     out = []
     for message in visible(messages):
         digest.update(dumps(_normal(message)) + b"\n")
@@ -66,8 +77,18 @@ def prefix_hashes(messages: list[dict[str, Any]]) -> list[str]:
     return out[::-1]
 
 
-def hash_with_reply(messages: list[dict[str, Any]], reply: dict[str, Any]) -> str:
-    return prefix_hashes([*messages, reply])[0]
+def hash_with_reply(
+    messages: list[dict[str, Any]], reply: dict[str, Any], user: str | None = None
+) -> str:
+    return prefix_hashes([*messages, reply], user)[0]
+
+
+def chat_key(forwarded: Forwarded) -> str | None:
+    """The key of a forwarded chat's own record (None without a chat id)."""
+    if forwarded.chat_id is None:
+        return None
+    raw = f"chat\n{forwarded.user or ''}\n{forwarded.chat_id}".encode()
+    return "chat-" + hashlib.sha256(raw).hexdigest()
 
 
 @dataclass
@@ -77,29 +98,58 @@ class Memory:
     turns: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     session_id: str | None = None
-    # The conversation's sandbox expired: state is gone and the model must be told.
-    reset: bool = False
+    # How the conversation's sandbox ended ("expired", "evicted" or "lost"): its state is
+    # gone and the model must be told.
+    ended: str | None = None
 
     @property
     def known(self) -> bool:
         return bool(self.turns)
 
+    @property
+    def reset(self) -> bool:
+        return self.ended is not None
 
-async def recall(services: Services, tenant: str, messages: list[dict[str, Any]]) -> Memory:
+
+async def recall(
+    services: Services,
+    tenant: str,
+    messages: list[dict[str, Any]],
+    forwarded: Forwarded = Forwarded(),
+) -> Memory:
     now = int(time.time())
+    hashes = prefix_hashes(messages, forwarded.user)
+    key = chat_key(forwarded)
     async with services.db() as db:
-        record = await find_conversation(db, tenant=tenant, hashes=prefix_hashes(messages), now=now)
-    if record is None:
-        return Memory()
-    memory = Memory(
-        turns=loads(record.turns), files=loads(record.files), session_id=record.session_id
-    )
+        record = await find_conversation(db, tenant=tenant, hashes=hashes, now=now)
+        chat = None
+        if key is not None:
+            chat = await find_conversation(db, tenant=tenant, hashes=[key], now=now)
+    memory = Memory()
+    if record is not None:
+        memory = Memory(
+            turns=loads(record.turns), files=loads(record.files), session_id=record.session_id
+        )
+    if chat is not None:
+        memory.files = {**memory.files, **loads(chat.files)}
+        memory.session_id = chat.session_id
     if memory.session_id is not None and services.executor is not None:
         try:
             await services.executor.get_session(tenant, memory.session_id)
-        except SessionNotFound:
+        except SessionNotFound as exc:
+            memory.ended = (
+                "evicted"
+                if isinstance(exc, SessionEvicted)
+                else "expired"
+                if isinstance(exc, SessionExpired)
+                else "lost"
+            )
+            logger.info(
+                "the sandbox session %s of a conversation was %s; a new one will get its files",
+                memory.session_id,
+                memory.ended,
+            )
             memory.session_id = None
-            memory.reset = True
     return memory
 
 
@@ -152,18 +202,36 @@ async def remember(
     turns: list[dict[str, Any]],
     files: dict[str, str],
     session_id: str | None,
+    forwarded: Forwarded = Forwarded(),
+    ran_code: bool = False,
 ) -> None:
+    """Store the turn under the visible history with its reply, and the chat's sandbox under
+    the chat's key when code ran in it."""
     now = int(time.time())
+    expires_at = now + services.settings.conversation_retention
     record = Conversation(
         id=new_id("conv_"),
         tenant=tenant,
-        prefix_hash=hash_with_reply(messages, reply),
+        prefix_hash=hash_with_reply(messages, reply, forwarded.user),
         session_id=session_id,
         turns=dumps(cap(turns, services.settings.max_hidden_chars)).decode(),
         files=dumps(files).decode(),
         created_at=now,
-        expires_at=now + services.settings.conversation_retention,
+        expires_at=expires_at,
     )
+    key = chat_key(forwarded)
     async with services.db() as db:
         db.add(record)
-        await db.commit()
+        if key is None or not ran_code:
+            await db.commit()
+            return
+        chat = Conversation(
+            id=new_id("conv_"),
+            tenant=tenant,
+            prefix_hash=key,
+            session_id=session_id,
+            files=record.files,
+            created_at=now,
+            expires_at=expires_at,
+        )
+        await replace_conversation(db, chat)

@@ -6,6 +6,7 @@
     ├── NotFoundError                 404 invalid_request_error
     ├── MethodNotAllowedError         405 invalid_request_error / method_not_allowed
     ├── PayloadTooLargeError          413 invalid_request_error / file_too_large
+    ├── RateLimitError                429 rate_limit_error / rate_limit_exceeded (Retry-After)
     ├── UpstreamError                 the upstream's own status and body, passed through
     ├── UpstreamUnreachableError      502 server_error / upstream_unreachable
     └── ServiceUnavailableError       503 service_unavailable_error
@@ -89,6 +90,12 @@ class PayloadTooLargeError(APIError):
     default_code = "file_too_large"
 
 
+class RateLimitError(APIError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
 class UpstreamError(APIError):
     """The upstream answered with an error: its status, body and retry headers pass through."""
 
@@ -132,6 +139,7 @@ def translate(exc: BaseException) -> APIError:
             400: InvalidRequestError,
             404: NotFoundError,
             413: PayloadTooLargeError,
+            429: RateLimitError,
         }.get(exc.status, ServiceUnavailableError)(
             exc.message, param=exc.param, code=exc.code, headers=headers
         )

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     virtual_model_suffix: str = "+code"
     virtual_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
 
+    # Chat apps that serve many users with one key can say who is asking (Open WebUI:
+    # ENABLE_FORWARD_USER_INFO_HEADERS); sandbox quotas then count per end user. With a
+    # secret (Open WebUI's FORWARD_USER_INFO_HEADER_JWT_SECRET), only a verified JWT counts.
+    user_jwt_secret: SecretStr | None = None
+    user_jwt_header: str = "X-OpenWebUI-User-Jwt"
+    user_id_header: str = "X-OpenWebUI-User-Id"
+    chat_id_header: str = "X-OpenWebUI-Chat-Id"
+
     # What such clients see, and remember across turns.
     transcript: Literal["markdown", "files", "none"] = "markdown"
     link_ttl: int = Field(default=7 * 86400, ge=60)

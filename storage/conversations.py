@@ -24,3 +24,16 @@ async def find_conversation(
 async def purge_conversations(db: AsyncSession, *, now: int) -> None:
     await db.exec(delete(Conversation).where(col(Conversation.expires_at) <= now))
     await db.commit()
+
+
+async def replace_conversation(db: AsyncSession, record: Conversation) -> None:
+    """Store `record` as the only one of its tenant under its key, with whatever else the
+    session holds, in one commit."""
+    await db.exec(
+        delete(Conversation).where(
+            col(Conversation.tenant) == record.tenant,
+            col(Conversation.prefix_hash) == record.prefix_hash,
+        )
+    )
+    db.add(record)
+    await db.commit()

@@ -37,6 +37,12 @@ async def find_key(db: AsyncSession, *, key: str) -> ApiKey | None:
     return (await db.exec(query)).first()
 
 
+async def has_active_key(db: AsyncSession) -> bool:
+    """Whether any stored key is still valid."""
+    query = select(ApiKey.id).where(col(ApiKey.revoked_at).is_(None)).limit(1)
+    return (await db.exec(query)).first() is not None
+
+
 async def list_keys(db: AsyncSession) -> list[ApiKey]:
     return list((await db.exec(select(ApiKey).order_by(col(ApiKey.created_at)))).all())
 

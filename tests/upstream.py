@@ -151,6 +151,9 @@ class ScriptedUpstream:
         self.url = ""  # set once it is served
         # Seconds to wait before answering, to simulate a slow model.
         self.delay = 0.0
+        # Answers every request once the script is empty (concurrent tests, whose requests
+        # arrive in no fixed order, script by content instead).
+        self.fallback: Reply | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -178,6 +181,8 @@ class ScriptedUpstream:
         self.headers.append(dict(request.headers))
         if self.delay:
             await asyncio.sleep(self.delay)
+        if not self.script and self.fallback is not None:
+            self.script.append(self.fallback)
         if not self.script:
             return JSONResponse(
                 {

@@ -9,6 +9,7 @@ from starlette.responses import Response, StreamingResponse
 from proxy.chat import start_turn
 from proxy.deps import get_services, get_tenant
 from proxy.errors import InvalidRequestError, invalid_json
+from proxy.forwarded import forwarded
 from proxy.jsonutil import JSONResponse, loads
 from proxy.policy import TRANSCRIPT_HEADER, resolve
 from proxy.streaming import guarded
@@ -69,7 +70,8 @@ async def create_chat_completion(request: Request) -> Response:
             "choice would run its own code.",
             param="n",
         )
-    loop = await start_turn(services, tenant.id, body, plan, str(request.base_url))
+    who = forwarded(request.headers, body, services.settings)
+    loop = await start_turn(services, tenant.id, body, plan, str(request.base_url), who)
     if stream:
         return await _stream_response(loop.stream())
     return JSONResponse(await loop.complete())

@@ -1,14 +1,21 @@
-"""Direct code execution without a model: sessions and runs, scoped to the caller."""
+"""Direct code execution without a model: sessions and runs, scoped to the caller.
 
+The answers carry both this service's fields and those of the seed design's clients
+(`session_id`, `language`, `message`, `success`).
+"""
+
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from executor.api import SessionInfo, parse_language
+from executor.api import Executor, ExecutorError, SessionInfo, SessionOptions, parse_language
 from proxy.coderunner import CodeRunner
 from proxy.deps import ExecutorDep, ServicesDep, TenantDep
+from proxy.forwarded import forwarded
 
 router = APIRouter(prefix="/code_interpreter", tags=["code_interpreter"])
 
@@ -17,14 +24,18 @@ class RunRequest(BaseModel):
     code: str
     language: str = "python"
     timeout: float | None = Field(default=None, gt=0)
+    # Without one, the code runs in a sandbox of its own, ended right after the run.
     session_id: str | None = None
     # Text files to create under /mnt/data before running, by path.
     files: dict[str, str] = Field(default_factory=dict)
     file_ids: list[str] = Field(default_factory=list)
+    # The end user the run is for (see proxy.forwarded).
+    user: str | None = None
 
 
 class CreateSessionRequest(BaseModel):
     language: str | None = None
+    user: str | None = None
 
 
 def session_public(info: SessionInfo) -> dict[str, Any]:
@@ -41,16 +52,26 @@ def session_public(info: SessionInfo) -> dict[str, Any]:
 
 @router.post("/run")
 async def run_code(
-    body: RunRequest, tenant: TenantDep, services: ServicesDep, executor: ExecutorDep
+    body: RunRequest,
+    request: Request,
+    tenant: TenantDep,
+    services: ServicesDep,
+    executor: ExecutorDep,
 ) -> dict[str, Any]:
-    """Run code in a session (a new one unless `session_id` is given) and return its output."""
+    """Run code in a session, or without `session_id` in a sandbox for this run only."""
     parse_language(body.language)
-    runner = CodeRunner(services, executor, tenant.id, source="run")
+    who = forwarded(request.headers, {"user": body.user}, services.settings)
+    runner = CodeRunner(services, executor, tenant.id, source="run", user=who.user)
     await runner.attach(session_id=body.session_id, file_ids=body.file_ids)
-    session_id = await runner.session()
-    for path, text in body.files.items():
-        await executor.upload_file(tenant.id, session_id, path, _text(text))
-    run = await runner.run(body.code, body.language, timeout=body.timeout)
+    try:
+        session_id = await runner.session()
+        for path, text in body.files.items():
+            await executor.upload_file(tenant.id, session_id, path, _text(text))
+        run = await runner.run(body.code, body.language, timeout=body.timeout)
+    finally:
+        if body.session_id is None and runner.session_id is not None:
+            # Shielded: a client that hangs up must not leave the sandbox holding a slot.
+            await asyncio.shield(_end_quietly(executor, tenant.id, runner.session_id))
     r = run.result
     error = None
     if r.error is not None:
@@ -61,7 +82,7 @@ async def run_code(
     return {
         "execution_id": run.id,
         "object": "code_interpreter.execution",
-        "session_id": session_id,
+        "session_id": body.session_id,
         "output": r.stdout,
         "error": error,
         "exit_code": r.exit_code if r.exit_code is not None else (1 if r.error else 0),
@@ -79,14 +100,31 @@ async def _text(text: str) -> AsyncIterator[bytes]:
     yield text.encode()
 
 
+async def _end_quietly(executor: Executor, tenant: str, session_id: str) -> None:
+    # It may be gone already: the executor went away, or a waiting request took it over.
+    with contextlib.suppress(ExecutorError):
+        await executor.delete_session(tenant, session_id)
+
+
 @router.post("/sessions")
 async def create_session(
-    tenant: TenantDep, executor: ExecutorDep, body: CreateSessionRequest | None = None
+    request: Request,
+    tenant: TenantDep,
+    services: ServicesDep,
+    executor: ExecutorDep,
+    body: CreateSessionRequest | None = None,
 ) -> dict[str, Any]:
     """Start a sandbox session; Python state and /mnt/data persist across its runs."""
-    if body is not None and body.language is not None:
-        parse_language(body.language)
-    return session_public(await executor.create_session(tenant.id))
+    body = body or CreateSessionRequest()
+    language = parse_language(body.language or "python")
+    who = forwarded(request.headers, {"user": body.user}, services.settings)
+    info = await executor.create_session(tenant.id, SessionOptions(user=who.user))
+    return {
+        **session_public(info),
+        "session_id": info.id,
+        "language": language.value,
+        "message": "Session created.",
+    }
 
 
 @router.get("/sessions")
@@ -116,4 +154,10 @@ async def delete_session(
 ) -> dict[str, Any]:
     """End a session and free its sandbox."""
     await executor.delete_session(tenant.id, session_id)
-    return {"id": session_id, "object": "code_interpreter.session.deleted", "deleted": True}
+    return {
+        "id": session_id,
+        "object": "code_interpreter.session.deleted",
+        "deleted": True,
+        "success": True,
+        "message": "Session deleted.",
+    }
