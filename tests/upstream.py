@@ -149,6 +149,8 @@ class ScriptedUpstream:
         self.headers: list[dict[str, str]] = []
         self.models = models or ["gpt-test"]
         self.url = ""  # set once it is served
+        # Many OpenAI-compatible servers list models but cannot retrieve one.
+        self.retrievable = False
         # Seconds to wait before answering, to simulate a slow model.
         self.delay = 0.0
         # Answers every request once the script is empty (concurrent tests, whose requests
@@ -158,6 +160,7 @@ class ScriptedUpstream:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/models/{model:path}", self._model, methods=["GET"]),
             ]
         )
 
@@ -174,6 +177,15 @@ class ScriptedUpstream:
                 ],
             }
         )
+
+    async def _model(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        if self.retrievable and model in self.models:
+            return JSONResponse(
+                {"id": model, "object": "model", "created": 1700000000, "owned_by": "retrieved"}
+            )
+        error = {"message": "Not Found", "type": "invalid_request_error", "param": None}
+        return JSONResponse({"error": {**error, "code": None}}, status_code=404)
 
     async def _chat(self, request: Request) -> Response:
         body = await request.json()

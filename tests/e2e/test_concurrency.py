@@ -1,10 +1,13 @@
 """Many clients at once: requests that wait for a sandbox get one as soon as one can be had."""
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import openai
+import pytest
 
 from tests.e2e.conftest import Stack
 from tests.proxy.conftest import KEY_A, KEY_B
@@ -52,3 +55,78 @@ def test_waiting_requests_take_over_idle_sessions_of_their_tenant(make_stack: An
     failed = [a for a in answers if not a.startswith("It printed")]
     assert failed == [], f"{len(failed)} of 48 failed, first: {failed[0]}"
     assert answers == [f"It printed [stdout]\nran-t{n}\n" for n in range(48)]
+
+
+def test_a_tenant_whose_sandboxes_are_all_busy_gets_429_with_retry_after(make_stack: Any) -> None:
+    stack: Stack = make_stack(executor={"max_sandboxes_per_tenant": 1, "acquire_timeout": 0.5})
+    headers = {"authorization": f"Bearer {KEY_A}"}
+    api = f"{stack.url}/v1/code_interpreter"
+    session = httpx.post(f"{api}/sessions", json={}, headers=headers).json()
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(
+            httpx.post,
+            f"{api}/run",
+            json={"session_id": session["id"], "code": "import time\ntime.sleep(120)"},
+            headers=headers,
+            timeout=120,
+        )
+        url = f"{api}/sessions/{session['id']}"
+        while httpx.get(url, headers=headers).json()["status"] != "busy":
+            time.sleep(0.05)
+        refused = httpx.post(f"{api}/sessions", json={}, headers=headers)
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"] == {
+            "message": refused.json()["error"]["message"],
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+        stack.upstream.push(completion(tool_calls=[code_call("print(1)")]))
+        with pytest.raises(openai.RateLimitError) as caught:
+            stack.client().chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "run"}], tools=CI
+            )
+        assert caught.value.response.headers["retry-after"] == "1"
+        # Another tenant is not held up.
+        other = httpx.post(
+            f"{api}/run",
+            json={"code": "print(2)"},
+            headers={"authorization": f"Bearer {KEY_B}"},
+            timeout=60,
+        )
+        assert other.json()["output"] == "2\n"
+        httpx.delete(url, headers=headers)  # stops the sleeping code
+        assert busy.result().status_code == 404
+
+
+def test_a_turn_whose_session_is_taken_over_between_runs_goes_on_in_a_new_one(
+    make_stack: Any,
+) -> None:
+    stack: Stack = make_stack(
+        executor={"max_sandboxes_per_tenant": 1, "acquire_timeout": 0, "pool_size": 0}
+    )
+    headers = {"authorization": f"Bearer {KEY_A}"}
+
+    def take_over(body: dict[str, Any]) -> dict[str, Any]:
+        # Between the turn's two runs another request of the tenant needs a sandbox: the
+        # turn's idle session is the one it takes over.
+        created = httpx.post(f"{stack.url}/v1/code_interpreter/sessions", json={}, headers=headers)
+        assert created.status_code == 200, created.text
+        return completion(tool_calls=[code_call("print(open('/mnt/data/keep.txt').read())\nx")])
+
+    stack.upstream.push(
+        completion(tool_calls=[code_call("x = 1\nopen('/mnt/data/keep.txt', 'w').write('kept')")]),
+        take_over,
+        completion("Done."),
+    )
+    reply = stack.client().chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "go"}], tools=CI
+    )
+    assert reply.choices[0].message.content == "Done."
+    first, second = reply.model_extra["code_interpreter"]["executions"]
+    assert not first["state_lost"] and second["state_lost"]
+    assert second["stdout"] == "kept\n"  # the turn's files were put back
+    assert second["error"]["name"] == "NameError"  # its variables were not
+    told = stack.upstream.requests[2]["messages"][-1]["content"]
+    assert "variables and imports are gone" in told

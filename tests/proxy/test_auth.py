@@ -136,3 +136,20 @@ def test_secret_key_is_generated_once_and_private(tmp_path: Path) -> None:
     assert len(key) >= 40
     assert path.stat().st_mode & 0o777 == 0o600
     assert Settings(data_dir=tmp_path / "d").signing_key() == key
+
+
+def test_without_any_key_the_log_says_how_to_make_one(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(api_keys=[])
+    with run_server(create_app(settings)):
+        pass
+    hint = [r.getMessage() for r in caplog.records if "CODEPROXY_API_KEYS=" in r.getMessage()]
+    assert len(hint) == 1 and "codeproxy keys create NAME" in hint[0]
+    caplog.clear()
+    # A stored key, or a static one, is a key: then nothing is said.
+    _cli(settings.data_dir, "keys", "create", "erin")
+    for configured in (settings, make_settings()):
+        with run_server(create_app(configured)):
+            pass
+    assert "CODEPROXY_API_KEYS=" not in caplog.text
