@@ -12,16 +12,19 @@
     └── ServiceUnavailableError       503 service_unavailable_error
 
 Foreign errors are translated here and nowhere else: Starlette's HTTP errors, request
-validation errors, the execution service's `ExecutorError`s, and anything unexpected (a 500
-whose message hides the details, which are logged).
+validation errors, the execution service's `ExecutorError`s, a database that refuses writes
+or a disk that is full (503s: the request may work later, and nothing was half-stored), and
+anything unexpected (a 500 whose message hides the details, which are logged).
 """
 
+import errno
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -144,8 +147,24 @@ def translate(exc: BaseException) -> APIError:
             exc.message, param=exc.param, code=exc.code, headers=headers
         )
         return err
+    if isinstance(exc, OperationalError):
+        logger.error("the database failed: %s", exc.orig)
+        return ServiceUnavailableError(
+            f"The database cannot be used right now ({exc.orig}). Retry later.",
+            code="database_unavailable",
+        )
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRORS:
+        logger.error("storing data failed: %s", exc)
+        return ServiceUnavailableError(
+            f"Data cannot be stored right now ({exc.strerror}). Retry later.",
+            code="storage_unavailable",
+        )
     logger.error("unexpected error", exc_info=exc)
     return APIError("The server had an error while processing your request.")
+
+
+# A disk or filesystem that cannot take more data: the operator's to fix, not a bug.
+_STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 
 def render(exc: APIError, headers: Mapping[str, str] | None = None) -> Response:

@@ -30,7 +30,15 @@ class Error:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Reply = dict[str, Any] | Error | Callable[[dict[str, Any]], "dict[str, Any] | Error"]
+@dataclass
+class Cut:
+    """Stream `reply`, but close the connection after `chunks` chunks (no end, no [DONE])."""
+
+    reply: dict[str, Any]
+    chunks: int
+
+
+Reply = dict[str, Any] | Error | Cut | Callable[[dict[str, Any]], "dict[str, Any] | Error"]
 
 
 def completion(
@@ -212,12 +220,19 @@ class ScriptedUpstream:
             reply = reply(body)
         if isinstance(reply, Error):
             return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+        cut = None
+        if isinstance(reply, Cut):
+            reply, cut = reply.reply, reply.chunks
         if not body.get("stream"):
             return JSONResponse(reply)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        pieces = chunks_of(reply, include_usage=include_usage)
 
         async def sse() -> Any:
-            for c in chunks_of(reply, include_usage=include_usage):
+            for n, c in enumerate(pieces):
+                if n == cut:
+                    # An exception mid-body makes the server drop the connection.
+                    raise ConnectionAbortedError("the scripted upstream hangs up")
                 yield b"data: " + dumps(c) + b"\n\n"
             yield b"data: [DONE]\n\n"
 
