@@ -7,10 +7,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import sdk_client
@@ -28,8 +30,8 @@ def free_port() -> int:
         return port
 
 
-@contextmanager
-def service(args: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[str]:
+def start(args: list[str], env: dict[str, str], port: int, log: Path) -> "subprocess.Popen[bytes]":
+    """Start `codeproxy <args>` listening on `port`, its output going to `log`."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("CODEPROXY_")}
     full = {
         **base,
@@ -38,35 +40,48 @@ def service(args: list[str], env: dict[str, str], port: int, log: Path) -> Itera
         "CODEPROXY_LOG_LEVEL": "warning",
         **env,
     }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
+    with log.open("ab") as out:
+        return subprocess.Popen(
             [sys.executable, "-m", "codeproxy.cli", *args],
             env=full,
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=log.parent,
         )
+
+
+def wait_until_up(proc: "subprocess.Popen[bytes]", url: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def stop(proc: "subprocess.Popen[bytes]", log: Path) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode in (0, -15), log.read_text()
+
+
+@contextmanager
+def service(args: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[str]:
+    proc = start(args, env, port, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_until_up(proc, url, log)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        assert proc.returncode in (0, -15), log.read_text()
+        stop(proc, log)
 
 
 @pytest.fixture
@@ -173,3 +188,49 @@ def test_executor_down_is_503_sandbox_unavailable(
         assert httpx.get(f"{url}/ready").json()["executor"]["status"] in ("degraded", "unavailable")
     finally:
         proxy.__exit__(None, None, None)
+
+
+def test_executor_killed_mid_run_is_a_503_then_the_next_request_works(
+    tmp_path: Path, upstream: ScriptedUpstream
+) -> None:
+    exec_env = {
+        "CODEPROXY_INTERNAL_TOKEN": TOKEN,
+        "CODEPROXY_DATA_DIR": str(tmp_path / "executor"),
+        "CODEPROXY_SANDBOX_VENV": str(REPO / ".sandbox-venv"),
+        "CODEPROXY_POOL_SIZE": "0",
+    }
+    port, log = free_port(), tmp_path / "executor.log"
+    executor_url = f"http://127.0.0.1:{port}"
+    executor = start(["executor"], exec_env, port, log)
+    wait_until_up(executor, executor_url, log)
+    env = proxy_env(tmp_path, executor_url, upstream, TOKEN)
+    with service(["proxy"], env, free_port(), tmp_path / "proxy.log") as url:
+        client = sdk_client(url, KEY_A, timeout=120)
+        upstream.push(completion(tool_calls=[code_call("import time\ntime.sleep(600)")]))
+        ask = {
+            "model": "gpt-test",
+            "messages": [{"role": "user", "content": "run"}],
+            "tools": [{"type": "code_interpreter"}],
+        }
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(client.chat.completions.create, **ask)
+            while httpx.get(executor_url + "/health").json()["busy"] != 1:
+                time.sleep(0.05)
+            executor.kill()
+            executor.wait()
+            # The client hears of it at once, not after the code's 600 s.
+            with pytest.raises(openai.InternalServerError) as caught:
+                running.result(timeout=60)
+        assert caught.value.status_code == 503
+        assert caught.value.code == "sandbox_unavailable"
+        assert set(caught.value.response.json()["error"]) == {"message", "type", "param", "code"}
+
+        executor = start(["executor"], exec_env, port, log)
+        try:
+            wait_until_up(executor, executor_url, log)
+            upstream.push(completion(tool_calls=[code_call("print(6 * 7)")]), completion("42"))
+            reply = client.chat.completions.create(**ask)
+            assert reply.choices[0].message.content == "42"
+            assert reply.model_extra["code_interpreter"]["executions"][0]["stdout"] == "42\n"
+        finally:
+            stop(executor, log)
