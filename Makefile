@@ -8,7 +8,7 @@ VENV := .venv
 SANDBOX_VENV := .sandbox-venv
 SYSTEM_PACKAGES := bubblewrap nodejs gcc g++ python3-venv python3-seccomp e2fsprogs util-linux
 
-.PHONY: serve test lint bench system-packages clean
+.PHONY: serve test lint bench soak system-packages clean
 
 serve: $(VENV)/.installed $(SANDBOX_VENV)/.installed
 	$(VENV)/bin/codeproxy serve
@@ -23,6 +23,12 @@ lint: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed $(SANDBOX_VENV)/.installed
 	$(VENV)/bin/python -m tests.bench
+
+# Mixed traffic from many clients for a long time (see tests/bench/soak.py).
+SOAK_SECONDS ?= 600
+SOAK_CLIENTS ?= 64
+soak: $(VENV)/.dev-installed $(SANDBOX_VENV)/.installed
+	$(VENV)/bin/python -m tests.bench.soak --seconds $(SOAK_SECONDS) --clients $(SOAK_CLIENTS)
 
 system-packages:
 	@missing=""; \

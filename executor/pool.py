@@ -80,6 +80,7 @@ class SandboxPool:
         max_per_tenant: int,
         max_per_user: int,
         acquire_timeout: float,
+        max_starting: int = 2,
         evict: Evict = _never_evict,
         refill_backoff: float = 0.5,
     ) -> None:
@@ -102,6 +103,8 @@ class SandboxPool:
         self._waiters: deque[_Waiter] = deque()
         self._serving = False
         self._serve_again = False
+        # Starting a sandbox is CPU-bound: a few at a time finish sooner than many at once.
+        self._starts = asyncio.Semaphore(max_starting)
         self._refill_needed = asyncio.Event()
         self._refill_task: asyncio.Task[None] | None = None
         # Sandbox starts and closes that must finish (or be cancelled) before shutdown returns.
@@ -333,7 +336,7 @@ class SandboxPool:
 
     async def _create(self) -> Sandbox:
         """Start a sandbox in a task that shutdown can cancel, translating backend failures."""
-        task = asyncio.create_task(self._backend.create(), name="sandbox-create")
+        task = asyncio.create_task(self._start_one(), name="sandbox-create")
         self._creating.add(task)
         task.add_done_callback(self._creating.discard)
         try:
@@ -355,6 +358,10 @@ class SandboxPool:
             await self._close_quietly(sandbox)
             raise SandboxUnavailable("The executor is shutting down.")
         return sandbox
+
+    async def _start_one(self) -> Sandbox:
+        async with self._starts:
+            return await self._backend.create()
 
     async def _abandon(self, task: "asyncio.Task[Sandbox]") -> None:
         await asyncio.wait({task})
@@ -407,7 +414,7 @@ class SandboxPool:
                 retry_after=retry_after,
             )
         return CapacityExhausted(
-            f"All {self._max} sandboxes are busy. Retry later.", retry_after=retry_after
+            f"All {self._max} sandboxes are in use. Retry later.", retry_after=retry_after
         )
 
     def _lease(self, claim: Claim) -> None:

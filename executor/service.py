@@ -121,6 +121,7 @@ class ExecutorService:
             max_per_tenant=settings.tenant_quota,
             max_per_user=settings.max_sandboxes_per_user,
             acquire_timeout=settings.acquire_timeout,
+            max_starting=settings.max_starting,
             evict=self._evict_idle,
         )
         self._sessions: dict[str, _Session] = {}
