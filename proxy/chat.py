@@ -100,6 +100,7 @@ async def start_turn(
         memory = await recall(services, tenant, body["messages"], forwarded)
     await runner.attach(
         session_id=plan.container or memory.session_id,
+        replaceable=plan.container is None,
         file_ids=plan.file_ids,
         restore=memory.files if memory.reset else None,
     )

@@ -101,8 +101,9 @@ class CodeRunner:
         self._pending: dict[str, File] = {}
         # Files put into or saved from the session so far, to put back into a replacement.
         self._known: dict[str, File] = {}
-        # Whether the session is this turn's own (not one the client named and must keep).
-        self._own_session = False
+        # Whether the session may be replaced if it ends between two runs: the client did not
+        # name it, so it cares for the work, not for that sandbox.
+        self._replaceable = False
 
     async def attach(
         self,
@@ -110,11 +111,14 @@ class CodeRunner:
         session_id: str | None,
         file_ids: list[str],
         restore: dict[str, str] | None = None,
+        replaceable: bool = False,
     ) -> None:
         """Check the named session and files belong to the tenant (404 otherwise).
 
         `restore` maps /mnt/data paths to files to put back there (a conversation's files,
-        when its old sandbox is gone); those that no longer exist are skipped.
+        when its old sandbox is gone); those that no longer exist are skipped. A
+        `replaceable` session (a conversation's, not one the client named) is replaced by a
+        new one if it ends between two runs.
         """
         async with self.services.db() as db:
             rows = [
@@ -127,6 +131,7 @@ class CodeRunner:
         if session_id is not None:
             await self.executor.get_session(self.tenant, session_id)
             self.session_id = session_id
+            self._replaceable = replaceable
         for row in rows:
             name = row.filename if row.filename not in self._pending else f"{row.id}-{row.filename}"
             self._pending[name] = row
@@ -140,7 +145,7 @@ class CodeRunner:
         if self.session_id is None:
             options = SessionOptions(user=self.user)
             self.session_id = (await self.executor.create_session(self.tenant, options)).id
-            self._own_session = True
+            self._replaceable = True
         while self._pending:
             name, row = next(iter(self._pending.items()))
             chunks = await open_file(self.services.blobs, row)
@@ -158,7 +163,7 @@ class CodeRunner:
         try:
             result = await self.executor.execute(self.tenant, request)
         except (SessionEvicted, SessionExpired):
-            if not (self._own_session or self.runs):
+            if not self._replaceable:
                 raise
             # The session this turn ran in ended between two runs (a waiting request took it
             # over): go on in a new one with the turn's files put back, and let the model know
