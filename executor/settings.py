@@ -83,8 +83,9 @@ class ExecutorSettings(BaseSettings):
     # Per end user, when the tenant's app names its users (chat apps: one key, many users).
     max_sandboxes_per_user: int = Field(default=8, ge=1)
     acquire_timeout: float = Field(default=10.0, ge=0)
-    # Sandboxes started at once (a start is about half a second of CPU): one per core.
-    max_starting: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+    # Sandboxes started at once: a start is about half a second of CPU, with some waiting,
+    # so two per core keep the cores busy without slowing every start down.
+    max_starting: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1)
     session_idle_timeout: float = Field(default=1200.0, gt=0)
     reaper_interval: float = Field(default=15.0, gt=0)
 
