@@ -28,6 +28,8 @@ from storage.models import Conversation
 logger = logging.getLogger(__name__)
 
 HIDDEN_ROLES = ("system", "developer")
+# How a session that is gone ended, as the executor says.
+ENDED_AS: dict[type[SessionNotFound], str] = {SessionEvicted: "evicted", SessionExpired: "expired"}
 OMITTED = "[output of an earlier run omitted]"
 
 
@@ -137,13 +139,7 @@ async def recall(
         try:
             await services.executor.get_session(tenant, memory.session_id)
         except SessionNotFound as exc:
-            memory.ended = (
-                "evicted"
-                if isinstance(exc, SessionEvicted)
-                else "expired"
-                if isinstance(exc, SessionExpired)
-                else "lost"
-            )
+            memory.ended = ENDED_AS.get(type(exc), "lost")
             logger.info(
                 "the sandbox session %s of a conversation was %s; a new one will get its files",
                 memory.session_id,

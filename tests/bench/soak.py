@@ -4,8 +4,9 @@ Run it with `make soak` (`SOAK_SECONDS`, `SOAK_CLIENTS`) or
 `python -m tests.bench.soak --seconds 600 --clients 64`. Not part of `make test`.
 
 `codeproxy serve` runs as its own process on loopback, with the real local sandbox, in front
-of a scripted OpenAI-compatible upstream. Each client loops over a mix of what real users do,
-each with its own end user (the `user` field) in one of four tenants:
+of a scripted OpenAI-compatible upstream in a third process (so that it and the clients do not
+slow each other down). Each client loops over a mix of what real users do, each with its own
+end user (the `user` field) in one of four tenants:
 
 - a chat completion passed through (no interpreter);
 - a chat completion with code, in a new conversation;
@@ -23,6 +24,7 @@ cgroups, mounts and temporary directories (the goal is none).
 import argparse
 import asyncio
 import io
+import multiprocessing
 import os
 import random
 import re
@@ -39,10 +41,10 @@ from typing import Any
 
 import httpx
 import openai
+import uvicorn
 
 from executor.local.runtime import default_root
 from tests.executor.conftest import UID_BASE, leftovers
-from tests.servers import run_server
 from tests.upstream import ScriptedUpstream, code_call, completion
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,6 +194,16 @@ async def client(n: int, url: str, deadline: float, load: Load) -> None:
         await http.aclose()
 
 
+def serve_upstream(port: int) -> None:
+    """The scripted upstream, in a process of its own."""
+    upstream = ScriptedUpstream(models=[MODEL])
+    upstream.fallback = model
+    # Its record of requests, which a test reads, must not grow for the whole run.
+    upstream.requests = deque(maxlen=100)  # type: ignore[assignment]
+    upstream.headers = deque(maxlen=100)  # type: ignore[assignment]
+    uvicorn.run(upstream.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 def instances_of(pid: int, root: Path) -> list[str]:
     """The sandbox backend instances whose lock (`<root>/<instance>.lock`) `pid` holds."""
     inodes = set()
@@ -214,18 +226,18 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def wait_up(proc: "subprocess.Popen[bytes]", url: str, log: Path) -> None:
+def wait_for(url: str, alive: Any, what: str) -> None:
     deadline = time.monotonic() + 120
     while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"the service did not start:\n{log.read_text()}")
+        if not alive():
+            raise SystemExit(f"{what} did not start")
         try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise SystemExit(f"the service did not start in time:\n{log.read_text()}")
+            raise SystemExit(f"{what} did not start in time")
         time.sleep(0.2)
 
 
@@ -304,14 +316,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    upstream = ScriptedUpstream(models=[MODEL])
-    upstream.fallback = model
-    # Its record of requests, which a test reads, must not grow for the whole run.
-    upstream.requests = deque(maxlen=100)  # type: ignore[assignment]
-    upstream.headers = deque(maxlen=100)  # type: ignore[assignment]
     data = Path(tempfile.mkdtemp(prefix="codeproxy-soak-"))
     root = default_root()
-    with run_server(upstream.app) as upstream_url:
+    upstream_url = f"http://127.0.0.1:{free_port()}"
+    upstream = multiprocessing.get_context("spawn").Process(
+        target=serve_upstream, args=(int(upstream_url.rsplit(":", 1)[1]),), daemon=True
+    )
+    upstream.start()
+    try:
+        wait_for(upstream_url + "/v1/models", lambda: upstream.is_alive(), "the upstream")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CODEPROXY_")}
@@ -337,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
                 stderr=subprocess.STDOUT,
             )
         try:
-            wait_up(proc, url, log)
+            wait_for(url + "/ready", lambda: proc.poll() is None, f"the service (see {log})")
             instances = instances_of(proc.pid, root)
             print(f"service pid {proc.pid}, sandbox instance(s) {instances}", flush=True)
             load, rss = asyncio.run(drive(url, args.clients, args.seconds, proc.pid))
@@ -348,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+    finally:
+        upstream.terminate()
+        upstream.join(30)
     left = [x for instance in instances for x in leftovers(instance, root)]
     left += [f"file {p}" for p in (data / "sandboxes").glob("*") if p.exists()]
     left += [f"file {p}" for p in (data / "blobs" / "tmp").glob("*")]
