@@ -75,9 +75,7 @@ def test_stream_helper_parses_the_final_json(stack: Stack) -> None:
         final = stream.get_final_completion()
     assert "".join(deltas) == ANSWER
     assert final.choices[0].message.content == ANSWER
-    assert final.choices[0].message.parsed == Mean(
-        mean=5.0, report="sandbox:/mnt/data/report.csv"
-    )
+    assert final.choices[0].message.parsed == Mean(mean=5.0, report="sandbox:/mnt/data/report.csv")
 
 
 def test_raw_stream_carries_only_the_json(stack: Stack) -> None:
@@ -102,9 +100,7 @@ def test_raw_stream_carries_only_the_json(stack: Stack) -> None:
     assert response.status_code == 200
     assert ": keepalive\n\n" in response.text  # still kept alive while code runs
     chunks = sse_events(response.text)[:-1]
-    content = "".join(
-        c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
-    )
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert content == ANSWER
     assert chunks[-1]["usage"]["total_tokens"] == 45
 
@@ -152,5 +148,12 @@ def test_the_next_turn_recognises_the_json_reply(stack: Stack) -> None:
     assert second.choices[0].message.parsed == Mean(mean=42.0, report="")
     assert "[stdout]\n42" in stack.upstream.requests[3]["messages"][-1]["content"]
     history = stack.upstream.requests[2]["messages"]
-    assert [m["role"] for m in history] == ["system", "user", "assistant", "tool", "assistant", "user"]
+    assert [m["role"] for m in history] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
     assert loads(history[4]["content"]) == loads(ANSWER)
