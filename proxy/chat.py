@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from executor.api import ExecutorError
-from proxy.coderunner import CodeRunner, SavedFile
-from proxy.conversations import Memory, cap, rebuild, recall, remember, resume, visible
+from proxy.coderunner import DATA, CodeRunner, SavedFile
+from proxy.conversations import Memory, cap, rebuild, recall, remember, visible
 from proxy.deps import Services, get_executor
 from proxy.engine import Engine, Turn
 from proxy.errors import APIError
@@ -20,6 +20,12 @@ from proxy.model import OWNED, ChatCompletionsModel
 from proxy.renderers.chat import ChatCompletionJSON, ChatCompletionSSE, ChatView, json_mode
 from proxy.transcript import LinkRewriter, Transcript
 from storage.files import get_file
+
+RESET_NOTE = (
+    "Note: the sandbox this conversation used before has expired, so its Python state "
+    "(variables, imports) is gone; files it had saved in /mnt/data were put back. Re-run "
+    "earlier code if you need its results."
+)
 
 
 class FileLinks:
@@ -167,7 +173,11 @@ async def start_turn(
     memory = Memory()
     if plan.container is None:
         memory = await recall(services, tenant, body["messages"])
-    note = await resume(runner, memory, container=plan.container, file_ids=plan.file_ids)
+    await runner.attach(
+        session_id=plan.container or memory.session_id,
+        file_ids=plan.file_ids,
+        restore=memory.files if memory.reset else None,
+    )
     links = FileLinks(services, runner, base_url, dict(memory.files))
     messages = body["messages"]
     structured = json_mode(body)
@@ -175,7 +185,11 @@ async def start_turn(
     async def on_done(done: Done, view: ChatView) -> None:
         if not (memory.known or runner.session_id):
             return
-        files = {**memory.files, **runner.data_files()}
+        files = dict(memory.files)
+        for run in runner.runs:
+            files.update(
+                {f.path: f.file_id for f in run.files if f.path and f.path.startswith(DATA)}
+            )
         turn = {"index": len(visible(messages)), "content": done.text, "hidden": done.hidden}
         await remember(
             services,
@@ -198,7 +212,7 @@ async def start_turn(
         parallel_tool_calls=body.get("parallel_tool_calls"),
         stream=stream,
         stream_options=body.get("stream_options"),
-        note=note,
+        note=RESET_NOTE if memory.reset else "",
     )
     return ChatTurn(
         Engine(

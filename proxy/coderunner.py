@@ -140,15 +140,6 @@ class CodeRunner:
             del self._pending[name]
         return self.session_id
 
-    def data_files(self) -> dict[str, str]:
-        """/mnt/data path → file id of every file the runs saved, the latest version of each."""
-        return {
-            f.path: f.file_id
-            for run in self.runs
-            for f in run.files
-            if f.path and f.path.startswith(DATA)
-        }
-
     async def run(self, code: str, language: str, *, timeout: float | None = None) -> Run:
         session_id = await self.session()
         result = await self.executor.execute(

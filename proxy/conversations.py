@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from executor.api import SessionNotFound
-from proxy.coderunner import CodeRunner
 from proxy.deps import Services
 from proxy.ids import new_id
 from proxy.jsonutil import dumps, loads
@@ -22,11 +21,6 @@ from storage.models import Conversation
 
 HIDDEN_ROLES = ("system", "developer")
 OMITTED = "[output of an earlier run omitted]"
-RESET_NOTE = (
-    "Note: the sandbox this conversation used before has expired, so its Python state "
-    "(variables, imports) is gone; files it had saved in /mnt/data were put back. Re-run "
-    "earlier code if you need its results."
-)
 
 
 def _text(content: Any) -> str:
@@ -100,31 +94,13 @@ async def recall(services: Services, tenant: str, messages: list[dict[str, Any]]
     memory = Memory(
         turns=loads(record.turns), files=loads(record.files), session_id=record.session_id
     )
-    await check_session(services, tenant, memory)
-    return memory
-
-
-async def check_session(services: Services, tenant: str, memory: Memory) -> None:
-    """Mark `memory` reset if its sandbox session is gone (expired or evicted)."""
     if memory.session_id is not None and services.executor is not None:
         try:
             await services.executor.get_session(tenant, memory.session_id)
         except SessionNotFound:
             memory.session_id = None
             memory.reset = True
-
-
-async def resume(
-    runner: CodeRunner, memory: Memory, *, container: str | None, file_ids: list[str]
-) -> str:
-    """Attach `runner` to `container`, else to the conversation's session; when that session
-    is gone, its files are put back in a new one. Returns what the model must be told."""
-    await runner.attach(
-        session_id=container or memory.session_id,
-        file_ids=file_ids,
-        restore=memory.files if memory.reset else None,
-    )
-    return RESET_NOTE if memory.reset else ""
+    return memory
 
 
 def rebuild(messages: list[dict[str, Any]], turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
