@@ -1,24 +1,24 @@
 """What the loop engine says while it runs a turn: a closed union of small, immutable events.
 
-Order within one turn (`*` any number, `?` at most one):
+Order within one turn (`*` any number, `+` one or more):
 
     for each round:
         RoundStarted                      the upstream began answering
         (TextDelta | RefusalDelta)*       the model's message, as it arrives
-        MessageDone                       the message whole; `final` if no code follows
-        for each interpreter call of the round (none when `final`):
+        MessageDone                       the message whole; `final` when no code follows
+        if not final, for each interpreter call of the message, in order:
             Heartbeat*                    waiting for a sandbox
             CallStarted                   the container is known
             CodeDelta+ CodeDone           the code, before it runs
             Heartbeat*                    the code is running
             CallFinished                  the run, its outputs and files (or why it did not run)
-        RoundFinished?                    only after rounds that ran code
+        RoundFinished                     after every round but the final one
     ClientCall*                           the client's own functions, handed back
-    Done | Failed                         exactly one, last
+    Done                                  last
 
-A call whose arguments the engine cannot read produces no events: the error goes back to
-the model as the tool result. Heartbeats come only when the engine was asked for them (a
-streaming surface) and only while it waits on the sandbox.
+`Failed` may end the turn at any point instead of `Done`: it is then the last event. A call whose
+arguments the engine cannot read produces no events: the error goes back to the model as the
+tool result. Heartbeats come only when the turn streams, and only while the sandbox works.
 """
 
 from dataclasses import dataclass
