@@ -107,6 +107,7 @@ class ChatTurn:
         self.on_done = on_done
 
     async def complete(self) -> dict[str, Any]:
+        """The `chat.completion`; an error is raised with the status to answer."""
         renderer = ChatCompletionJSON(
             id=self.id,
             created=self.created,

@@ -116,6 +116,7 @@ class Engine:
         return err
 
     async def events(self) -> AsyncIterator[Event]:
+        """Run the turn, saying what happens (see `proxy/events.py` for the order)."""
         try:
             for round_no in range(self.settings.max_rounds + 1):
                 last_round = round_no >= self.settings.max_rounds

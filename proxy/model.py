@@ -90,6 +90,7 @@ class ChatCompletionsModel:
         self.upstream = upstream
 
     def body(self, request: ModelRequest) -> dict[str, Any]:
+        """The chat completions request: the client's own fields, then those the engine sets."""
         body = dict(request.options)
         body["messages"] = request.messages
         if request.tools:
@@ -103,6 +104,7 @@ class ChatCompletionsModel:
         return body
 
     async def reply(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        """One call; a streamed answer's tool calls are put together from their deltas."""
         if not request.stream:
             response = await self.upstream.post("chat/completions", self.body(request))
             choice = (response.get("choices") or [{}])[0]

@@ -113,6 +113,7 @@ class ChatView:
         return ""
 
     def code_interpreter(self, done: Done) -> dict[str, Any]:
+        """The `code_interpreter` field: the container and every run, as the API reports them."""
         return {
             "container_id": done.container_id,
             "executions": [run.public() for run in self.runs],
@@ -129,12 +130,14 @@ class ChatCompletionJSON(ChatView):
         self.done: Done | None = None
 
     def feed(self, event: Event) -> None:
+        """Fold one event."""
         if isinstance(event, Done):
             self.done = event
         else:
             self.visible(event)
 
     def result(self) -> dict[str, Any]:
+        """The `chat.completion`, once `Done` was fed."""
         assert self.done is not None and self.last is not None, "result() before Done"
         response = self.last.raw or {}
         choice = dict((response.get("choices") or [{}])[0])
@@ -178,6 +181,7 @@ class ChatCompletionSSE(ChatView):
         self._started = False
 
     def feed(self, event: Event) -> list[bytes]:
+        """The frames to send for one event (the role chunk before the first content)."""
         match event:
             case RoundStarted(model=model):
                 if model:
