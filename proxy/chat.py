@@ -3,7 +3,7 @@ events as a `chat.completion` (or its chunks), remember the conversation."""
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from executor.api import ExecutorError
 from proxy.coderunner import DATA, CodeRunner, SavedFile
@@ -138,7 +138,7 @@ class ChatTurn:
         except Exception as exc:
             self._raise(exc)
 
-    def _raise(self, exc: Exception) -> None:
+    def _raise(self, exc: Exception) -> NoReturn:
         err: APIError = self.engine.failure(exc)
         if err is exc:
             raise err
