@@ -4,7 +4,9 @@ Every backend a test starts is closed afterwards and checked for leftovers on th
 process of a sandbox uid, no cgroup, no mount, no loop device and no runtime directory.
 """
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,20 @@ UID_BASE = 400_000 + (os.getpid() % 4096) * 100
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 BackendFactory = Callable[..., Awaitable[LocalBackend]]
+# Only a guard against waiting forever: what tests wait for takes a moment.
+HANG = 30.0
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = HANG) -> None:
+    """Wait until `check()` (plain or async) is true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from executor.models import ExecuteRequest
 from executor.server import check_bind, is_loopback, serve
 from executor.service import ExecutorService
 from executor.settings import ExecutorSettings
-from tests.executor.conftest import leftovers
+from tests.executor.conftest import eventually, leftovers
 from tests.executor.fakes import FakeBackend, make_settings
 from tests.servers import run_server, serve_app
 
@@ -91,17 +90,6 @@ async def raw(node: Node) -> AsyncIterator[httpx.AsyncClient]:
         timeout=10,
     ) as http:
         yield http
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result if isinstance(result, bool) else await result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def status_is(

@@ -2,7 +2,6 @@
 waiters, eviction through its callback, timeouts, cancellation and shutdown."""
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,8 @@ import pytest
 from executor.backend import Sandbox
 from executor.errors import CapacityExhausted, QuotaExceeded, SandboxUnavailable
 from executor.pool import Claim, Quota, SandboxPool
+from tests.executor.conftest import HANG, eventually
 from tests.executor.fakes import FakeBackend, FakeSandbox
-
-HANG = 30.0  # only a guard against waiting forever
 
 A = Claim("a")
 B = Claim("b")
@@ -79,13 +77,6 @@ async def make_pool(backend: FakeBackend, idle: Idle) -> AsyncIterator[Callable[
     yield make
     for pool in pools:
         await pool.aclose()
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + HANG
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def waiting(pool: SandboxPool, n: int) -> Callable[[], bool]:

@@ -3,7 +3,6 @@ them (its answers, its errors and `health()`) and as the sandboxes see them (the
 record of runs and closes)."""
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,10 @@ from executor.errors import (
 from executor.languages import Language
 from executor.models import ExecuteRequest, PoolHealth, SessionInfo, SessionOptions
 from executor.service import ExecutorService
+from tests.executor.conftest import HANG, eventually
 from tests.executor.fakes import FakeBackend, FakeSandbox, make_settings
 
 Factory = Callable[..., Awaitable[ExecutorService]]
-# Only a guard against hanging forever: nothing here is meant to take more than a moment.
-HANG = 30.0
 
 
 @pytest.fixture
@@ -50,17 +48,6 @@ async def make_service(backend: FakeBackend) -> AsyncIterator[Factory]:
     yield make
     for service in services:
         await service.aclose()
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = HANG) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result if isinstance(result, bool) else await result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 def health_is(service: ExecutorService, **expected: Any) -> Callable[[], Awaitable[bool]]:
