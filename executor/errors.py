@@ -2,7 +2,8 @@
 
     ExecutorError                    500 server_error
     ├── InvalidRequest               400 invalid_request_error
-    │   └── UnsupportedLanguage      400 invalid_request_error / unsupported_language
+    │   ├── UnsupportedLanguage      400 invalid_request_error / unsupported_language
+    │   └── CodeTooLong              400 invalid_request_error / string_above_max_length
     ├── Unauthorized                 401 invalid_request_error / invalid_internal_token
     ├── NotFound                     404 invalid_request_error
     │   ├── SessionNotFound              / session_not_found
@@ -54,6 +55,10 @@ class InvalidRequest(ExecutorError):
 
 class UnsupportedLanguage(InvalidRequest):
     code = "unsupported_language"
+
+
+class CodeTooLong(InvalidRequest):
+    code = "string_above_max_length"
 
 
 class Unauthorized(ExecutorError):

@@ -6,6 +6,7 @@ from executor.api import ExecutorError
 from proxy.coderunner import DATA, CodeRunner, SavedFile
 from proxy.conversations import Memory, cap, rebuild, recall, remember, visible
 from proxy.deps import Services, get_executor
+from proxy.errors import PayloadTooLargeError
 from proxy.filestore import store_file
 from proxy.interpreter import Plan
 from proxy.links import download_url
@@ -55,6 +56,7 @@ class FileLinks:
                 return self.url(SavedFile(row.id, row.filename, row.bytes, path))
         if self.runner.session_id is None:
             return None
+        settings = self.services.settings
         try:
             chunks = await self.runner.executor.read_file(
                 self.runner.tenant, self.runner.session_id, path
@@ -66,9 +68,10 @@ class FileLinks:
                 filename=path.rsplit("/", 1)[-1],
                 purpose="assistants_output",
                 chunks=chunks,
-                max_bytes=self.services.settings.max_upload_bytes,
+                max_bytes=min(settings.max_upload_bytes, settings.max_export_bytes),
+                quota=settings.storage_quota_bytes,
             )
-        except ExecutorError:
+        except (ExecutorError, PayloadTooLargeError):
             return None
         self.known[path] = row.id
         return self.url(SavedFile(row.id, row.filename, row.bytes, path))
