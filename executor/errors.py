@@ -1,6 +1,8 @@
 """Errors of the execution service.
 
     ExecutorError                    500 server_error
+    ├── SandboxRequestFailed         500 server_error / sandbox_request_failed (one request;
+    │                                    the sandbox lives on)
     ├── InvalidRequest               400 invalid_request_error
     │   ├── UnsupportedLanguage      400 invalid_request_error / unsupported_language
     │   └── CodeTooLong              400 invalid_request_error / string_above_max_length
@@ -45,6 +47,10 @@ class ExecutorError(Exception):
                 "code": self.code,
             }
         }
+
+
+class SandboxRequestFailed(ExecutorError):
+    code = "sandbox_request_failed"
 
 
 class InvalidRequest(ExecutorError):

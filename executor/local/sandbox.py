@@ -26,13 +26,6 @@ from executor.local.datafs import SandboxVolume, remove_tree
 from executor.local.files import DataDir, FileStream
 from executor.local.host import KERNEL_STARTUP, Host
 from executor.local.kernel import Cell, ConnectionInfo, KernelClient, KernelNotReady
-from executor.local.outcomes import (
-    compile_error,
-    died_error,
-    oom_killed_error,
-    output_limit_error,
-    timeout_error,
-)
 from executor.local.runners import (
     OUTER_KILL_DELAY,
     PROGRAMS,
@@ -43,6 +36,13 @@ from executor.local.runners import (
 )
 from executor.local.uids import UidLease
 from executor.models import ExecutionError, FileEntry, RunOutcome
+from executor.outcomes import (
+    compile_error,
+    died_error,
+    oom_killed_error,
+    output_limit_error,
+    timeout_error,
+)
 from executor.output import FLOOD_FACTOR, RingBuffer
 from executor.settings import MIB
 
