@@ -136,8 +136,8 @@ class E2BSandbox:
             )
             ended = await self._deadline(call, seconds, kernel)
         except SandboxRequestFailed as exc:
-            error = ExecutionError(name="SandboxError", value=exc.message)
-            return outcome(stdout, stderr, error=error, duration_ms=_ms(started))
+            failed = ExecutionError(name="SandboxError", value=exc.message)
+            return outcome(stdout, stderr, error=failed, duration_ms=_ms(started))
         error: ExecutionError | None = None
         if ended is _CUT:
             kept = await self._settle(kernel)
