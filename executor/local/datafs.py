@@ -19,11 +19,13 @@ import os
 import re
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 MOUNTINFO = Path("/proc/self/mountinfo")
+LOOP_RELEASE_WAIT = 5.0
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -145,6 +147,33 @@ def mounts_under(prefix: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
+def _loop_device(point: Path) -> str | None:
+    """The loop device (`loop5`) mounted at `point`, if one is."""
+    try:
+        lines = MOUNTINFO.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 9 and _unescape(fields[4]) == str(point):
+            source = fields[fields.index("-") + 2]
+            if source.startswith("/dev/loop"):
+                return source.removeprefix("/dev/")
+    return None
+
+
+def _wait_released(device: str, timeout: float = LOOP_RELEASE_WAIT) -> None:
+    """Wait until the kernel has detached an auto-clearing loop device (it does that in the
+    background after the last unmount), so nothing of the sandbox outlives its teardown."""
+    backing = Path("/sys/block") / device / "loop" / "backing_file"
+    end = time.monotonic() + timeout
+    while backing.exists():
+        if time.monotonic() > end:
+            log.warning("loop device %s is still attached", device)
+            return
+        time.sleep(0.01)
+
+
 def unmount(point: Path) -> None:
     """Unmount, lazily if something still holds the mount busy."""
     done = subprocess.run(["umount", str(point)], capture_output=True, text=True, check=False)
@@ -224,9 +253,12 @@ class SandboxVolume:
 
     def destroy(self) -> None:
         """Unmount (the loop device and image go with it) and remove what is left."""
+        device = _loop_device(self.path) if self.mounted else None
         for point in mounts_under(self.path):
             unmount(point)
         if mounts_under(self.path):
             log.error("%s is still mounted; leaving it", self.path)
             return
+        if device is not None:
+            _wait_released(device)
         remove_tree(self.path)

@@ -256,7 +256,10 @@ class KernelClient:
             # message above the size limit (or the kernel's death) drops one.
             event = parse_monitor_message(frames)["event"]
             if self._ready and event == zmq.EVENT_DISCONNECTED:
-                self._break("a kernel socket disconnected (a message above the size limit?)")
+                self._break(
+                    "its kernel lost its connection to the service (it died, or sent a "
+                    "message larger than allowed)"
+                )
             return
         size = sum(len(f) for f in frames)
         msg = self._decode(sock, frames)

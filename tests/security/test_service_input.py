@@ -63,6 +63,26 @@ def test_outputs_share_the_export_budget_of_one_execution(make_stack: Any) -> No
     assert blob_bytes(stack) <= 3 * MIB
 
 
+def test_the_model_is_told_which_outputs_were_not_stored(
+    make_stack: Any, upstream: ScriptedUpstream
+) -> None:
+    stack: Stack = make_stack(max_export_bytes=MIB)
+    code = "open('/mnt/data/big.bin', 'wb').truncate(2**30)\nopen('/mnt/data/small.txt', 'w')"
+    upstream.push(completion(tool_calls=[code_call(code)]), completion("Done."))
+    reply = stack.client().chat.completions.create(
+        model="gpt-test",
+        messages=[{"role": "user", "content": "run"}],
+        tools=[{"type": "code_interpreter"}],
+    )
+    [execution] = (reply.model_extra or {})["code_interpreter"]["executions"]
+    assert [f["path"] for f in execution["files"]] == ["/mnt/data/small.txt"]
+    assert [f["reason"] for f in execution["skipped_files"]] == ["export_limit"]
+    tool = upstream.requests[1]["messages"][-1]["content"]
+    assert "[files NOT saved for the user]" in tool
+    assert "/mnt/data/big.bin (1073741824 bytes): over the export limit" in tool
+    assert blob_bytes(stack) < MIB
+
+
 def test_a_tenant_storage_quota_covers_uploads_and_outputs(make_stack: Any) -> None:
     stack: Stack = make_stack(storage_quota_bytes=2 * MIB)
     client = stack.client()
