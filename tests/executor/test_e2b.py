@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -475,6 +476,45 @@ async def test_dead_sandbox_during_run(backend: E2BBackend, sdk: types.SimpleNam
     with pytest.raises(SandboxUnavailable):
         await sandbox.run("x", Language.PYTHON, timeout=5, max_output_bytes=9)
     assert not sandbox.alive
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.RemoteProtocolError("peer closed"),
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout(""),
+    ],
+    ids=["died-mid-stream", "gone", "stalled"],
+)
+async def test_raw_transport_errors_make_the_sandbox_unavailable(
+    backend: E2BBackend, sdk: types.SimpleNamespace, error: Exception
+) -> None:
+    # The SDK lets httpx's errors through as they are; they mean the sandbox is unusable.
+    sandbox, sbx = await new_sandbox(backend, sdk)
+
+    async def broken(code: str, **kw: Any) -> Execution:
+        raise error
+
+    sbx.run_handler = broken
+    with pytest.raises(SandboxUnavailable):
+        await sandbox.run("x", Language.PYTHON, timeout=5, max_output_bytes=9)
+    assert not sandbox.alive
+
+
+async def test_a_server_error_for_one_request_is_not_a_dead_sandbox(
+    backend: E2BBackend, sdk: types.SimpleNamespace
+) -> None:
+    sandbox, sbx = await new_sandbox(backend, sdk)
+
+    async def refused(code: str, **kw: Any) -> Execution:
+        raise SandboxException("500 Internal Server Error: No such kernel")
+
+    sbx.run_handler = refused
+    out = await sandbox.run("x", Language.JAVASCRIPT, timeout=5, max_output_bytes=9)
+    assert out.error is not None and out.error.name == "SandboxError"
+    assert "No such kernel" in out.error.value
+    assert sandbox.alive
 
 
 # One-shot commands
