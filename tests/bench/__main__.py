@@ -1,10 +1,10 @@
-"""`python -m tests.bench [executor|proxy] [--scale N]`: one benchmark, or both in turn."""
+"""`python -m tests.bench [executor|proxy|loop] [--scale N]`: one benchmark, or all in turn."""
 
 import sys
 
-from tests.bench import bench_executor, bench_proxy
+from tests.bench import bench_executor, bench_loop, bench_proxy
 
-BENCHES = {"executor": bench_executor.main, "proxy": bench_proxy.main}
+BENCHES = {"executor": bench_executor.main, "proxy": bench_proxy.main, "loop": bench_loop.main}
 
 
 def main(argv: list[str]) -> int:
