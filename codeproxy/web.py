@@ -10,6 +10,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from codeproxy import logs
+
 UNKNOWN_URL = "Unknown request URL. Please check the URL and method."
 METHOD_NOT_ALLOWED = "Method not allowed for this URL."
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -70,6 +72,7 @@ class RequestIdMiddleware:
             request_id = incoming if _REQUEST_ID.fullmatch(incoming) else ""
         request_id = request_id or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        logs.request_id.set(request_id)
         started = False
 
         async def send_with_id(message: Message) -> None:
