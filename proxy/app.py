@@ -18,8 +18,8 @@ from proxy.auth import Authenticator
 from proxy.deps import Services
 from proxy.errors import install_handlers, render_unexpected
 from proxy.fleet import Fleet
-from proxy.metrics import CountedBlobStore, ProxyMetrics
 from proxy.jsonutil import JSONResponse
+from proxy.metrics import CountedBlobStore, ProxyMetrics
 from proxy.routes import chat, code_interpreter, downloads, files, health, models
 from proxy.settings import Settings
 from proxy.upstream import Upstream

@@ -6,9 +6,9 @@ import time
 from typing import Any
 
 import httpx
-from sqlalchemy.engine import make_url
 import openai
 import pytest
+from sqlalchemy.engine import make_url
 
 from proxy.auth import static_tenant
 from tests.e2e.conftest import Stack

@@ -20,7 +20,6 @@ from executor.errors import (
     CapacityExhausted,
     FileTooLarge,
     InvalidRequest,
-    SandboxUnavailable,
     SessionNotFound,
 )
 from executor.models import ExecuteRequest
