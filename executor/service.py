@@ -114,7 +114,7 @@ class ExecutorService:
             acquire_timeout=settings.acquire_timeout,
         )
         self._sessions: dict[str, _Session] = {}
-        self._node_id = node_id(settings.node_id, settings.data_dir)
+        self._node_id = node_id(settings.node_id, settings.port)
         self._boot_id = new_boot_id()
         self._waiting = 0
         self.metrics.watch_pool(self._pool_state)

@@ -20,7 +20,7 @@ class ExecutorSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     internal_token: SecretStr | None = None
-    # This node's name among execution nodes; unset: generated once, kept in the data dir.
+    # This node's name among execution nodes; unset: "<hostname>:<port>".
     node_id: str | None = None
 
     sandbox_backend: Literal["local", "e2b"] = "local"

@@ -136,14 +136,7 @@ async def forget_session(db: AsyncSession, *, session_id: str) -> None:
 
 
 async def purge_sessions(db: AsyncSession, *, now: float) -> None:
-    """Forget sessions their node has expired by now, and those of an earlier boot."""
-    restarted = (
-        select(ExecNode.id)
-        .where(
-            col(ExecNode.id) == col(SandboxSession.node_id),
-            col(ExecNode.boot_id) != col(SandboxSession.boot_id),
-        )
-        .exists()
-    )
-    await db.exec(delete(SandboxSession).where((col(SandboxSession.expires_at) < now) | restarted))
+    """Forget sessions their node would have expired by now. A lost session's row stays
+    until then, so that its id is reported as lost rather than unknown."""
+    await db.exec(delete(SandboxSession).where(col(SandboxSession.expires_at) < now))
     await db.commit()

@@ -27,6 +27,8 @@ CONCURRENCY = 2
 CONNECT_TIMEOUT = timedelta(seconds=10)
 READ_TIMEOUT = timedelta(seconds=60)
 REQUEST_TIMEOUT = timedelta(hours=1)
+# What obstore raises when the store fails (a missing bucket is a FileNotFoundError).
+_FAILURES = (ObstoreError, FileNotFoundError)
 
 
 class S3BlobStore:
@@ -70,7 +72,9 @@ class S3BlobStore:
             await obstore.put_async(
                 self._store, key, counted(), chunk_size=PART_SIZE, max_concurrency=CONCURRENCY
             )
-        except ObstoreError as exc:
+        except _FAILURES as exc:
+            with contextlib.suppress(BlobStoreError):
+                await self.delete(key)
             raise BlobStoreError(f"storing {key} failed: {exc}") from exc
         except BaseException:
             # A cancelled upload may have completed in the background; take it back.
@@ -101,5 +105,5 @@ class S3BlobStore:
         check_key(key)
         try:
             await obstore.delete_async(self._store, key)
-        except ObstoreError as exc:
+        except _FAILURES as exc:  # deleting a missing object is no error; a missing bucket is
             raise BlobStoreError(f"deleting {key} failed: {exc}") from exc
