@@ -75,7 +75,7 @@ async def test_without_auto_migrate_an_old_schema_is_refused(database_url: str) 
         await upgrade(engine)
         async with engine.begin() as conn:
             await conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
-        with pytest.raises(SchemaError, match="older than this version.*codeproxy db upgrade"):
+        with pytest.raises(SchemaError, match=r"older than this version.*codeproxy db upgrade"):
             await prepare(engine, migrate=False)
     finally:
         await engine.dispose()
