@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -109,8 +108,6 @@ def shape(
 ) -> Iterator[Shape]:
     bucket = f"scale-{os.getpid()}"
     s3_server.create_bucket(bucket)
-    # Short: sandbox sockets live under it, and unix socket paths are limited to 107 bytes.
-    runtime = tempfile.mkdtemp(prefix="cp-rt-")
     executors = [
         Service(
             ["executor"],
@@ -119,7 +116,6 @@ def shape(
                 "CODEPROXY_NODE_ID": f"exec-{name}",
                 "CODEPROXY_DATA_DIR": str(tmp_path / f"exec-{name}"),
                 "CODEPROXY_SANDBOX_VENV": str(REPO / ".sandbox-venv"),
-                "CODEPROXY_SANDBOX_RUNTIME_DIR": runtime,
                 "CODEPROXY_SANDBOX_UID_BASE": str(UID_BASE),
                 "CODEPROXY_POOL_SIZE": "1",
                 "CODEPROXY_MAX_SANDBOXES": "10",
