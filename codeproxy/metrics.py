@@ -63,7 +63,7 @@ class HttpMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "codeproxy_http_requests",
-            "HTTP requests by route, method and status.",
+            "HTTP requests by route (the endpoint's name), method and status.",
             ["route", "method", "status"],
             registry=registry,
         )
@@ -85,9 +85,9 @@ class HttpMetrics:
 
 
 class MetricsMiddleware:
-    """Times every HTTP request, counts it by route template (never the raw path, whose ids
-    would make a series per request) and logs one access line without the query string
-    (signed links carry their signature there)."""
+    """Times every HTTP request, counts it by endpoint (never the raw path, whose ids would
+    make a series per request) and logs one access line without the query string (signed
+    links carry their signature there)."""
 
     def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, added_latency: bool) -> None:
         self.app = app
@@ -126,9 +126,10 @@ class MetricsMiddleware:
 
 
 def _route(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    """The name of the endpoint that served the request (`create_chat_completion`): the same
+    with and without the /v1 prefix, and bounded, unlike paths with ids in them."""
+    name = getattr(scope.get("endpoint"), "__name__", None)
+    return name if isinstance(name, str) else "unmatched"
 
 
 def render(registry: CollectorRegistry) -> Response:

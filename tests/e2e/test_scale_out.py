@@ -302,7 +302,7 @@ def test_two_proxies_two_executors(shape: Shape) -> None:
     for _ in range(20):  # a new connection each: the kernel spreads them over the workers
         assert httpx.get(f"{one.url}/v1/files", headers=AUTH).status_code == 200
     for _ in range(3):  # asking several times: any worker may answer
-        assert counted(httpx.get(f"{one.url}/metrics").text, route="/files") == 21.0
+        assert counted(httpx.get(f"{one.url}/metrics").text, route="list_files") == 20.0
 
     # The killed node comes back (a new boot): it is used again.
     holder.start()

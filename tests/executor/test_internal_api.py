@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from executor.api import TENANT_HEADER, TOKEN_HEADER, Executor
@@ -163,6 +164,26 @@ async def test_health(client: HttpExecutorClient) -> None:
     assert (session.node_id, session.boot_id) == (health.node_id, health.boot_id)
     again = await client.health()
     assert (again.node_id, again.boot_id, again.sessions) == (health.node_id, health.boot_id, 1)
+
+
+async def test_metrics_need_no_token(tmp_path: Path) -> None:
+    settings = settings_for()
+    registry = CollectorRegistry()
+    service = ExecutorService(settings, backend=FakeBackend(tmp_path), registry=registry)
+    await service.start()
+    async with serve_app(create_app(settings, service=service, registry=registry)) as url:
+        client = HttpExecutorClient(url, TOKEN)
+        try:
+            session = await client.create_session("a")
+            await client.execute("a", ExecuteRequest(session_id=session.id, code="print(1)"))
+        finally:
+            await client.aclose()
+        async with httpx.AsyncClient(base_url=url) as http:
+            metrics = (await http.get("/metrics")).text
+    await service.aclose()
+    assert 'codeproxy_executions_total{language="python",outcome="ok"} 1.0' in metrics
+    assert "codeproxy_pool_sessions 1.0" in metrics
+    assert 'codeproxy_http_requests_total{method="POST",route="execute",status="200"}' in metrics
 
 
 async def test_a_restarted_node_has_a_new_boot_id(start_node: Callable[..., Any]) -> None:
