@@ -18,7 +18,7 @@ from proxy.settings import Settings
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codeproxy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (
@@ -44,7 +44,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     token = sub.add_parser("token", help="mint a JWT for a tenant")
     token.add_argument("--sub", required=True, help="the tenant")
     token.add_argument("--ttl", type=float, default=60.0, help="lifetime in minutes (default 60)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
