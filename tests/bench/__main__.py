@@ -1,10 +1,14 @@
-"""`python -m tests.bench [executor|proxy] [--scale N]`: one benchmark, or both in turn."""
+"""`python -m tests.bench [executor|proxy|scale] [--scale N]`: one benchmark, or all in turn."""
 
 import sys
 
-from tests.bench import bench_executor, bench_proxy
+from tests.bench import bench_executor, bench_proxy, bench_scale
 
-BENCHES = {"executor": bench_executor.main, "proxy": bench_proxy.main}
+BENCHES = {
+    "executor": bench_executor.main,
+    "proxy": bench_proxy.main,
+    "scale": bench_scale.main,
+}
 
 
 def main(argv: list[str]) -> int:
