@@ -155,10 +155,9 @@ def run(scale: float) -> int:
         for workers in (1, 2):
             env, url = proxy_env(workers, executors[:1], f"proxy-{workers}w")
             proxy = spawn(["proxy"], env, url + "/health")
+            chat_url = url + "/v1/chat/completions"
             try:
-                asyncio.run(
-                    throughput(url + "/v1/chat/completions", BODY, n=n // 10, concurrency=64)
-                )
+                asyncio.run(throughput(chat_url, BODY, n=n // 10, concurrency=64))
                 cpu_before = cpu_seconds(proxy.pid)
                 seconds, failed = asyncio.run(throughput(chat_url, BODY, n=n, concurrency=64))
                 cpu = cpu_seconds(proxy.pid) - cpu_before
