@@ -75,6 +75,12 @@ def create_app(
             metrics.blob_errors,
         )
         signing_key = settings.signing_key()
+        if settings.secret_key is None and engine.dialect.name != "sqlite":
+            logger.warning(
+                "no CODEPROXY_SECRET_KEY: this replica signs JWTs and links with a key of its "
+                "own (in %s), which other replicas reject; set the same key on every replica",
+                settings.data_dir,
+            )
         upstream = Upstream(settings, metrics)
         if settings.upstream_api_key is None:
             logger.warning(

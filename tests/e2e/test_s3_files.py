@@ -112,6 +112,23 @@ def test_failed_uploads_leave_no_row_and_no_object(
     assert stored(s3_server, bucket) == ([], [])
 
 
+def test_an_unavailable_store_is_a_503_and_counted(
+    make_stack: Callable[..., Stack], s3_server: S3Server, bucket: str
+) -> None:
+    stack = make_stack(blob_url="s3://no-such-bucket/files", s3_endpoint_url=s3_server.endpoint)
+    response = httpx.post(
+        f"{stack.url}/v1/files",
+        headers=AUTH,
+        files={"file": ("a.txt", b"data")},
+        data={"purpose": "assistants"},
+    )
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "storage_unavailable"
+    metrics = httpx.get(f"{stack.url}/metrics").text
+    assert 'codeproxy_blob_errors_total{operation="put"} 1.0' in metrics
+    assert list(stack.client().files.list()) == []
+
+
 def vm_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):

@@ -233,7 +233,8 @@ def test_two_proxies_two_executors(shape: Shape) -> None:
 
     # Sessions made through proxy two, used through proxy one (and the other way round).
     sessions = [new_session(two) for _ in range(4)]
-    assert {a.sessions(), b.sessions()} == {3, 2}  # spread: 1 + 4 sessions over two nodes
+    counts = [a.sessions(), b.sessions()]
+    assert sum(counts) == 5 and min(counts) >= 1  # spread over both nodes
     for s in sessions:
         assert run(one, s, "x = 7").status_code == 200
         assert run(two, s, "print(x * 6)").json()["output"] == "42\n"
