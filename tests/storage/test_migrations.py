@@ -24,10 +24,11 @@ from storage.migrate import (
 )
 from tests.conftest import DATABASES
 
-pytestmark = pytest.mark.parametrize("database_url", DATABASES, indirect=True)
+on_both = pytest.mark.parametrize("database_url", DATABASES, indirect=True)
 REPO = Path(__file__).resolve().parents[2]
 
 
+@on_both
 async def test_migrations_create_exactly_the_models_tables(database_url: str) -> None:
     """A table or column added to the models without a migration fails here: add one with
     `codeproxy db revision "what changed"`."""
@@ -40,6 +41,7 @@ async def test_migrations_create_exactly_the_models_tables(database_url: str) ->
         await engine.dispose()
 
 
+@on_both
 async def test_replicas_starting_together_on_a_fresh_database(database_url: str) -> None:
     # Separate engines are separate connections: the database sees them race.
     engines = [create_engine(database_url) for _ in range(4)]
@@ -51,6 +53,7 @@ async def test_replicas_starting_together_on_a_fresh_database(database_url: str)
         await asyncio.gather(*(e.dispose() for e in engines))
 
 
+@on_both
 async def test_a_schema_from_a_newer_version_is_refused(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
@@ -67,6 +70,7 @@ async def test_a_schema_from_a_newer_version_is_refused(database_url: str) -> No
         await engine.dispose()
 
 
+@on_both
 async def test_without_auto_migrate_an_old_schema_is_refused(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
@@ -81,6 +85,7 @@ async def test_without_auto_migrate_an_old_schema_is_refused(database_url: str) 
         await engine.dispose()
 
 
+@on_both
 async def test_a_database_from_before_migrations_is_adopted(database_url: str) -> None:
     """Databases created by `create_all` before migrations existed keep their rows."""
     engine = create_engine(database_url)
@@ -103,6 +108,7 @@ async def test_a_database_from_before_migrations_is_adopted(database_url: str) -
         await engine.dispose()
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_cli_db_upgrade_and_a_refused_start(database_url: str, tmp_path: Path) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CODEPROXY_")},
