@@ -5,8 +5,9 @@ upstream, two `codeproxy executor`s (local sandboxes) and `codeproxy proxy` with
 worker processes (SQLite in a temporary folder: a passed-through completion does not touch the
 database). Measured:
 
-- passthrough throughput (requests/s) at concurrency 64 with 1 and with 2 proxy workers, and
-  the proxy's CPU time per request (user + system, over the master and its workers);
+- passthrough throughput (requests/s) at concurrency 64 with 1 and with 2 proxy workers, the
+  proxy's CPU time per request (user + system, over the master and its workers) and how many
+  cores the proxy kept busy (what is left of the machine went to the load and the upstream);
 - chat-loop throughput (one-round code loops/s: upstream, `print(1)` in a sandbox, upstream) at
   concurrency 8 with one and with two executors, each loop in one of 8 existing sessions.
 
@@ -151,7 +152,7 @@ def run(scale: float) -> int:
             }, f"http://127.0.0.1:{proxy_port}"
 
         n = int(6000 * scale)
-        passthrough: dict[int, tuple[float, float]] = {}
+        passthrough: dict[int, tuple[float, float, float]] = {}
         for workers in (1, 2):
             env, url = proxy_env(workers, executors[:1], f"proxy-{workers}w")
             proxy = spawn(["proxy"], env, url + "/health")
@@ -164,7 +165,7 @@ def run(scale: float) -> int:
             finally:
                 stop(proxy)
             assert failed == 0, f"{failed} passthrough requests failed"
-            passthrough[workers] = (n / seconds, cpu / n)
+            passthrough[workers] = (n / seconds, cpu / n, cpu / seconds)
 
         rounds = max(1, int(6 * scale))
         chat: dict[int, float] = {}
@@ -192,11 +193,12 @@ def run(scale: float) -> int:
             stop(proc)
 
     one, two = passthrough[1], passthrough[2]
-    rows.append(
-        f"passthrough, concurrency 64: 1 worker {one[0]:.0f} req/s ({one[1] * 1e3:.2f} ms CPU "
-        f"per request); 2 workers {two[0]:.0f} req/s ({two[1] * 1e3:.2f} ms CPU per request); "
-        f"ratio {two[0] / one[0]:.2f}x"
-    )
+    for workers, (rate, per_request, cores) in passthrough.items():
+        rows.append(
+            f"passthrough, concurrency 64, {workers} worker(s): {rate:.0f} req/s, "
+            f"{per_request * 1e3:.2f} ms proxy CPU per request, proxy busy {cores:.2f} cores"
+        )
+    rows.append(f"passthrough throughput ratio, 2 workers / 1: {two[0] / one[0]:.2f}x")
     rows.append(
         f"chat loops (code round in an existing session), concurrency 8: 1 executor "
         f"{chat[1]:.1f} loops/s; 2 executors {chat[2]:.1f} loops/s; ratio {chat[2] / chat[1]:.2f}x"
