@@ -1,15 +1,23 @@
-"""One chat turn with the interpreter on: recall the conversation, run the loop, remember it."""
+"""One chat turn with the interpreter on: recall the conversation, run the engine, render its
+events as a `chat.completion` (or its chunks), remember the conversation."""
 
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
 
 from executor.api import ExecutorError
 from proxy.coderunner import DATA, CodeRunner, SavedFile
 from proxy.conversations import Memory, cap, rebuild, recall, remember, visible
 from proxy.deps import Services, get_executor
+from proxy.engine import Engine, Turn
+from proxy.errors import APIError
+from proxy.events import Done, Event, Failed, MessageDone, TextDelta
 from proxy.filestore import store_file
+from proxy.ids import new_id
 from proxy.interpreter import Plan
 from proxy.links import download_url
-from proxy.loop import ChatLoop
+from proxy.model import OWNED, ChatCompletionsModel
+from proxy.renderers.chat import ChatCompletionJSON, ChatCompletionSSE, ChatView, json_mode
 from proxy.transcript import LinkRewriter, Transcript
 from storage.files import get_file
 
@@ -74,10 +82,94 @@ class FileLinks:
         return self.url(SavedFile(row.id, row.filename, row.bytes, path))
 
 
+class ChatTurn:
+    """Drives the engine for one chat completion and renders it; `complete()` or `stream()`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        model: str,
+        transcript: Transcript,
+        links: LinkRewriter | None,
+        structured: bool,
+        include_usage: bool,
+        on_done: Callable[[Done, ChatView], Awaitable[None]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.id = new_id("chatcmpl-", 29)
+        self.created = int(time.time())
+        self.model = model
+        self.transcript = transcript
+        self.links = links
+        self.structured = structured
+        self.include_usage = include_usage
+        self.on_done = on_done
+
+    async def complete(self) -> dict[str, Any]:
+        """The `chat.completion`; an error is raised with the status to answer."""
+        renderer = ChatCompletionJSON(
+            id=self.id,
+            created=self.created,
+            transcript=self.transcript,
+            structured=self.structured,
+        )
+        try:
+            async for event in self._events(renderer):
+                renderer.feed(event)
+        except Exception as exc:
+            self._raise(exc)
+        return renderer.result()
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """SSE bytes; an error before the first byte is raised, later ones go in-band."""
+        renderer = ChatCompletionSSE(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            transcript=self.transcript,
+            structured=self.structured,
+            include_usage=self.include_usage,
+        )
+        try:
+            async for event in self._events(renderer):
+                for out in renderer.feed(event):
+                    yield out
+        except Exception as exc:
+            self._raise(exc)
+
+    def _raise(self, exc: Exception) -> NoReturn:
+        err: APIError = self.engine.failure(exc)
+        if err is exc:
+            raise err
+        raise err from exc
+
+    async def _events(self, view: ChatView) -> AsyncIterator[Event]:
+        """The engine's events as this client sees them: `sandbox:` links rewritten (a link
+        split across deltas is held back until it is whole), the conversation remembered
+        before the last frames go out, a failure raised."""
+        links = self.links
+        async for event in self.engine.events():
+            if links is not None and isinstance(event, TextDelta):
+                text = await links.feed(event.text)
+                if not text:
+                    continue
+                event = TextDelta(text)
+            elif links is not None and isinstance(event, MessageDone):
+                rest = await links.flush()
+                if rest:
+                    yield TextDelta(rest)
+            elif isinstance(event, Done) and self.on_done is not None:
+                await self.on_done(event, view)
+            elif isinstance(event, Failed):
+                raise event.error
+            yield event
+
+
 async def start_turn(
     services: Services, tenant: str, body: dict[str, Any], plan: Plan, base_url: str
-) -> ChatLoop:
-    """Everything checked and recalled; the loop is ready to run."""
+) -> ChatTurn:
+    """Everything checked and recalled; the turn is ready to run."""
     runner = CodeRunner(services, await get_executor(services), tenant, source="chat")
     memory = Memory()
     if plan.container is None:
@@ -89,8 +181,9 @@ async def start_turn(
     )
     links = FileLinks(services, runner, base_url, dict(memory.files))
     messages = body["messages"]
+    structured = json_mode(body)
 
-    async def on_finish(loop: ChatLoop) -> None:
+    async def on_done(done: Done, view: ChatView) -> None:
         if not (memory.known or runner.session_id):
             return
         files = dict(memory.files)
@@ -98,32 +191,41 @@ async def start_turn(
             files.update(
                 {f.path: f.file_id for f in run.files if f.path and f.path.startswith(DATA)}
             )
-        turn = {
-            "index": len(visible(messages)),
-            "content": loop.final_content,
-            "hidden": loop.hidden,
-        }
+        turn = {"index": len(visible(messages)), "content": done.text, "hidden": done.hidden}
         await remember(
             services,
             tenant,
             messages=messages,
-            reply=loop.reply(),
+            reply=view.reply(),
             turns=[*memory.turns, turn],
             files=files,
             session_id=runner.session_id,
         )
 
-    return ChatLoop(
-        settings=services.settings,
-        upstream=services.upstream,
-        runner=runner,
-        body=body,
-        plan=plan,
-        history=rebuild(messages, cap(memory.turns, services.settings.max_hidden_chars))
+    stream = bool(body.get("stream"))
+    turn = Turn(
+        messages=rebuild(messages, cap(memory.turns, services.settings.max_hidden_chars))
         if memory.known
-        else None,
+        else messages,
+        options={k: v for k, v in body.items() if k not in OWNED},
+        client_tools=plan.client_tools,
+        tool_choice=body.get("tool_choice", "auto"),
+        parallel_tool_calls=body.get("parallel_tool_calls"),
+        stream=stream,
+        stream_options=body.get("stream_options"),
         note=RESET_NOTE if memory.reset else "",
+    )
+    return ChatTurn(
+        Engine(
+            settings=services.settings,
+            model=ChatCompletionsModel(services.upstream),
+            runner=runner,
+            turn=turn,
+        ),
+        model=body.get("model", ""),
         transcript=Transcript(plan.transcript or "none", links.url),
-        links=LinkRewriter(links.resolve),
-        on_finish=on_finish,
+        links=None if structured else LinkRewriter(links.resolve),
+        structured=structured,
+        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        on_done=on_done,
     )

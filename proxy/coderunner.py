@@ -17,6 +17,7 @@ from executor.api import ExecuteRequest, ExecutionResult, Executor, ExecutorErro
 from proxy.deps import Services
 from proxy.filestore import open_file, require_file, store_file
 from proxy.ids import new_id
+from proxy.interpreter import strip_ansi
 from proxy.jsonutil import dumps
 from storage.files import get_file
 from storage.models import Execution, File
@@ -53,6 +54,21 @@ class Run:
     result: ExecutionResult
     files: list[SavedFile] = field(default_factory=list)
     images: list[SavedFile] = field(default_factory=list)
+
+    def logs(self) -> str:
+        """What the run printed, its last expression's value and its error, as one text."""
+        r = self.result
+        lines = [strip_ansi(r.stdout), strip_ansi(r.stderr)]
+        for output in r.results:
+            if output.kind == "execute_result" and "text/plain" in output.data:
+                lines.append(strip_ansi(output.data["text/plain"]))
+        if r.error is not None:
+            lines.append(
+                strip_ansi("\n".join(r.error.traceback)) or f"{r.error.name}: {r.error.value}"
+            )
+        if r.timed_out:
+            lines.append("[timed out]")
+        return "\n".join(line.rstrip("\n") for line in lines if line.strip())
 
     def public(self) -> dict[str, Any]:
         r = self.result

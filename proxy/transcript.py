@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 from proxy.coderunner import Run, SavedFile
-from proxy.interpreter import clip, strip_ansi
+from proxy.interpreter import clip
 
 OUTPUT_CHARS = 4000
 SANDBOX = "sandbox:"
@@ -45,7 +45,7 @@ class Transcript:
             return ""
         parts: list[str] = []
         if self.mode == "markdown":
-            output = _output_text(run)
+            output = run.logs()
             if output:
                 parts.append(fence(clip(output, OUTPUT_CHARS), "text"))
         for image in run.images:
@@ -54,19 +54,6 @@ class Transcript:
             link = f"[{saved.filename}]({self._url(saved)})"
             parts.append(f"!{link}" if _IMAGE.search(saved.filename) else link)
         return "\n\n".join(parts)
-
-
-def _output_text(run: Run) -> str:
-    r = run.result
-    lines = [strip_ansi(r.stdout), strip_ansi(r.stderr)]
-    for output in r.results:
-        if output.kind == "execute_result" and "text/plain" in output.data:
-            lines.append(strip_ansi(output.data["text/plain"]))
-    if r.error is not None:
-        lines.append(strip_ansi("\n".join(r.error.traceback)) or f"{r.error.name}: {r.error.value}")
-    if r.timed_out:
-        lines.append("[timed out]")
-    return "\n".join(line.rstrip("\n") for line in lines if line.strip())
 
 
 class LinkRewriter:

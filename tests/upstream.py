@@ -40,12 +40,13 @@ def completion(
     model: str = "gpt-test",
     prompt_tokens: int = 10,
     completion_tokens: int = 5,
+    refusal: str | None = None,
 ) -> dict[str, Any]:
     """A chat.completion as OpenAI sends it."""
     message: dict[str, Any] = {
         "role": "assistant",
         "content": content,
-        "refusal": None,
+        "refusal": refusal,
         "annotations": [],
     }
     if tool_calls:
@@ -113,6 +114,8 @@ def chunks_of(
             }
         )
     ]
+    if message.get("refusal"):
+        out.append(chunk({"refusal": message["refusal"]}))
     text = message.get("content") or ""
     step = max(1, -(-len(text) // pieces)) if text else 1
     for i in range(0, len(text), step):
