@@ -279,8 +279,18 @@ def test_two_proxies_two_executors(shape: Shape) -> None:
     fresh = [run(p, None, "print('placed')") for p in (one, two, one)]
     assert all(r.json()["output"] == "placed\n" for r in fresh)
     assert survivor.sessions() >= before + 4
-    # The sessions the dead node held are lost; the others still have their state.
-    outcomes = [run(one, s, "print(x * 6)") for s in sessions]
+    # Once the node is marked dead (until then its sessions answer 503), the sessions it held
+    # are lost; the others still have their state.
+    deadline = time.monotonic() + 30
+    while True:
+        outcomes = [run(one, s, "print(x * 6)") for s in sessions]
+        if all(r.status_code != 503 for r in outcomes):
+            break
+        for response in outcomes:
+            if response.status_code != 200:
+                assert_clean_error(response)
+        assert time.monotonic() < deadline, "the dead node was never marked dead"
+        time.sleep(0.5)
     for response in outcomes:
         if response.status_code == 200:
             assert response.json()["output"] == "42\n"
