@@ -94,6 +94,9 @@ class SessionInfo(BaseModel):
     last_active_at: float
     expires_at: float
     executions: int = 0
+    # The node holding the session and that node's boot (set when the session is created).
+    node_id: str | None = None
+    boot_id: str | None = None
 
 
 class PoolHealth(BaseModel):
@@ -114,3 +117,7 @@ class PoolHealth(BaseModel):
     # Sessions ended since start: to make room for newer ones, and after idling too long.
     evicted: int = 0
     expired: int = 0
+    # Who answers: a stable node id, and a boot id new at every start of the service (a new
+    # one means every session the node held before is gone). None for a sum over nodes.
+    node_id: str | None = None
+    boot_id: str | None = None

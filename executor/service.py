@@ -16,7 +16,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
-from executor.api import DATA_DIR, relative_data_path
+from prometheus_client import CollectorRegistry
+
+from codeproxy import logs
+from executor.api import DATA_DIR, check_code, relative_data_path
 from executor.backend import Sandbox, SandboxBackend
 from executor.errors import (
     ExecutorError,
@@ -28,6 +31,7 @@ from executor.errors import (
     SessionNotFound,
 )
 from executor.languages import Language, parse_language
+from executor.metrics import ExecutorMetrics, MeasuredBackend, PoolState
 from executor.models import (
     ExecuteRequest,
     ExecutionResult,
@@ -37,6 +41,7 @@ from executor.models import (
     SessionInfo,
     SessionOptions,
 )
+from executor.node import new_boot_id, node_id
 from executor.pool import Claim, Quota, SandboxPool
 from executor.settings import ExecutorSettings
 
@@ -111,11 +116,19 @@ class _Session:
 class ExecutorService:
     """Sandbox sessions for tenants, run in this process."""
 
-    def __init__(self, settings: ExecutorSettings, backend: SandboxBackend | None = None) -> None:
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        backend: SandboxBackend | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._settings = settings
+        self.metrics = ExecutorMetrics(registry if registry is not None else CollectorRegistry())
         self._backend = backend if backend is not None else make_backend(settings)
         self._pool = SandboxPool(
-            self._backend,
+            # The pool starts every sandbox: measured there, all starts are counted.
+            MeasuredBackend(self._backend, self.metrics),
             size=settings.pool_size,
             max_sandboxes=settings.max_sandboxes,
             max_per_tenant=settings.tenant_quota,
@@ -129,6 +142,9 @@ class ExecutorService:
         self._ended: OrderedDict[str, tuple[str, type[SessionNotFound]]] = OrderedDict()
         self._evictions = 0
         self._expiries = 0
+        self._node_id = node_id(settings.node_id, settings.port)
+        self._boot_id = new_boot_id()
+        self.metrics.watch_pool(self._pool_state)
         self._reaper: asyncio.Task[None] | None = None
         self._disposals: set[asyncio.Task[None]] = set()
         self._running = False
@@ -175,6 +191,18 @@ class ExecutorService:
             waiting=self._pool.waiting,
             evicted=self._evictions,
             expired=self._expiries,
+            node_id=self._node_id,
+            boot_id=self._boot_id,
+        )
+
+    def _pool_state(self) -> PoolState:
+        return PoolState(
+            warm=self._pool.warm,
+            sandboxes=self._pool.slots,
+            capacity=self._pool.max_sandboxes,
+            busy=sum(1 for s in self._sessions.values() if s.busy),
+            sessions=len(self._sessions),
+            waiting=self._pool.waiting,
         )
 
     async def create_session(
@@ -200,7 +228,8 @@ class ExecutorService:
             raise SandboxUnavailable("The executor is shutting down.")
         self._sessions[session.id] = session
         logger.info("session %s created for tenant %s on %s", session.id, tenant, sandbox.id)
-        return session.info(self._settings.session_idle_timeout)
+        info = session.info(self._settings.session_idle_timeout)
+        return info.model_copy(update={"node_id": self._node_id, "boot_id": self._boot_id})
 
     async def get_session(self, tenant: str, session_id: str) -> SessionInfo:
         return self._session(tenant, session_id).info(self._settings.session_idle_timeout)
@@ -217,12 +246,14 @@ class ExecutorService:
     async def delete_session(self, tenant: str, session_id: str) -> None:
         session = self._session(tenant, session_id)
         self._sessions.pop(session.id, None)
+        self.metrics.sessions_ended.labels("deleted").inc()
         logger.info("session %s deleted", session.id)
         await self._dispose(session)
 
     async def execute(self, tenant: str, request: ExecuteRequest) -> ExecutionResult:
         """Run code in the session; cancelling the call interrupts the code and frees the lease."""
         language = parse_language(request.language)
+        check_code(request.code, self._settings.max_code_bytes)
         timeout = self._timeout(request.timeout)
         session = self._session(tenant, request.session_id)
         try:
@@ -237,6 +268,7 @@ class ExecutorService:
                     if before is None:
                         before = await sandbox.list_files()
                     outcome = await self._run(session, sandbox, request.code, language, timeout)
+                    self.metrics.record(language.value, outcome)
                     if session.deleted:
                         raise self._gone(session.id)
                     files = await self._changed_files(session, sandbox, before)
@@ -313,6 +345,7 @@ class ExecutorService:
             if owner == tenant:
                 raise self._gone(session_id, error)
             raise self._gone(session_id)
+        logs.session_id.set(session_id)
         if self._expired(session, time.time()):
             self._end(session, SessionExpired)
             self._dispose_later(session)
@@ -466,7 +499,9 @@ class ExecutorService:
             self._ended.popitem(last=False)
         if error is SessionEvicted:
             self._evictions += 1
+            self.metrics.sessions_ended.labels("evicted").inc()
         else:
+            self.metrics.sessions_ended.labels("expired").inc()
             self._expiries += 1
             idle = time.time() - session.last_active_at
             logger.info("session %s expired after %.0f idle seconds", session.id, idle)

@@ -6,15 +6,17 @@
     ├── NotFoundError                 404 invalid_request_error
     ├── MethodNotAllowedError         405 invalid_request_error / method_not_allowed
     ├── PayloadTooLargeError          413 invalid_request_error / file_too_large
+    │   └── QuotaExceededError        413 insufficient_quota / insufficient_quota
     ├── RateLimitError                429 rate_limit_error / rate_limit_exceeded (Retry-After)
     ├── UpstreamError                 the upstream's own status and body, passed through
     ├── UpstreamUnreachableError      502 server_error / upstream_unreachable
     └── ServiceUnavailableError       503 service_unavailable_error
 
 Foreign errors are translated here and nowhere else: Starlette's HTTP errors, request
-validation errors, the execution service's `ExecutorError`s, a database that refuses writes
-or a disk that is full (503s: the request may work later, and nothing was half-stored), and
-anything unexpected (a 500 whose message hides the details, which are logged).
+validation errors, the execution service's `ExecutorError`s, a database that refuses writes,
+a full disk or a failing blob store (503s: the request may work later, and nothing was
+half-stored), and anything unexpected (a 500 whose message hides the details, which are
+logged).
 """
 
 import errno
@@ -36,6 +38,7 @@ from codeproxy.web import (
 )
 from executor.api import ExecutorError
 from proxy.jsonutil import JSONResponse
+from storage.blobs import BlobStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,13 @@ class PayloadTooLargeError(APIError):
     default_code = "file_too_large"
 
 
+class QuotaExceededError(PayloadTooLargeError):
+    """The tenant's stored files would pass its storage quota (413: retrying cannot help)."""
+
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
 class RateLimitError(APIError):
     status = 429
     type = "rate_limit_error"
@@ -147,6 +157,11 @@ def translate(exc: BaseException) -> APIError:
             exc.message, param=exc.param, code=exc.code, headers=headers
         )
         return err
+    if isinstance(exc, BlobStoreError):
+        logger.error("the blob store failed: %s", exc)
+        return ServiceUnavailableError(
+            "The file store is unavailable; retry later.", code="storage_unavailable"
+        )
     if isinstance(exc, OperationalError):
         logger.error("the database failed: %s", exc.orig)
         return ServiceUnavailableError(

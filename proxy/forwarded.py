@@ -45,7 +45,8 @@ def forwarded(headers: Mapping[str, str], body: Mapping[str, Any], settings: Set
 
 
 def user_key(user: str) -> str:
-    return "user-" + hashlib.sha256(user.encode()).hexdigest()[:32]
+    # Any string at all, even one with lone surrogates, names one user.
+    return "user-" + hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _user(headers: Mapping[str, str], body: Mapping[str, Any], settings: Settings) -> str | None:

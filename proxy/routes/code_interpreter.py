@@ -12,7 +12,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from executor.api import Executor, ExecutorError, SessionInfo, SessionOptions, parse_language
+from executor.api import (
+    Executor,
+    ExecutorError,
+    SessionInfo,
+    SessionOptions,
+    check_code,
+    check_text,
+    parse_language,
+)
 from proxy.coderunner import CodeRunner
 from proxy.deps import ExecutorDep, ServicesDep, TenantDep
 from proxy.forwarded import forwarded
@@ -59,6 +67,7 @@ async def run_code(
     executor: ExecutorDep,
 ) -> dict[str, Any]:
     """Run code in a session, or without `session_id` in a sandbox for this run only."""
+    check_request(body, services.settings.max_code_bytes)
     parse_language(body.language)
     who = forwarded(request.headers, {"user": body.user}, services.settings)
     runner = CodeRunner(services, executor, tenant.id, source="run", user=who.user)
@@ -94,6 +103,19 @@ async def run_code(
         },
         "traceback": r.error.traceback if r.error else None,
     }
+
+
+def check_request(body: RunRequest, max_code_bytes: int) -> None:
+    """Refuse what could not be run or stored, before a session is started for it."""
+    check_code(body.code, max_code_bytes)
+    check_text(body.language, "language")
+    if body.session_id is not None:
+        check_text(body.session_id, "session_id")
+    for file_id in body.file_ids:
+        check_text(file_id, "file_ids")
+    for path, text in body.files.items():
+        check_text(path, "files")
+        check_text(text, f"files.{path}")
 
 
 async def _text(text: str) -> AsyncIterator[bytes]:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy.engine import make_url
 
 from proxy.jsonutil import loads
 from tests.e2e.conftest import Stack
@@ -156,7 +157,9 @@ def read_only(db: Path) -> Iterator[None]:
 
 
 def test_a_read_only_database_is_a_503_and_leaves_nothing_half_done(stack: Stack) -> None:
-    db = stack.settings.data_dir / "codeproxy.db"
+    database = make_url(stack.settings.database).database
+    assert database is not None
+    db = Path(database)
     assert upload(stack, b"a,b\n1,2\n").status_code == 200
     before = blobs(stack)
 
@@ -184,8 +187,10 @@ def test_a_read_only_database_is_a_503_and_leaves_nothing_half_done(stack: Stack
 def test_a_full_disk_is_a_503_and_leaves_nothing_half_done(
     make_stack: Any, small_disk: Path
 ) -> None:
-    stack: Stack = make_stack(data_dir=small_disk / "data")
     db = small_disk / "data" / "codeproxy.db"
+    stack: Stack = make_stack(
+        data_dir=small_disk / "data", database_url=f"sqlite+aiosqlite:///{db}"
+    )
     assert upload(stack, b"a,b\n1,2\n").status_code == 200
     before = blobs(stack)
 
