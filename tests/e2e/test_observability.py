@@ -51,6 +51,7 @@ def test_metrics_and_json_logs(tmp_path: Path, upstream: ScriptedUpstream) -> No
         "CODEPROXY_UPSTREAM_API_KEY": UPSTREAM_KEY,
         "CODEPROXY_SANDBOX_VENV": str(REPO / ".sandbox-venv"),
         "CODEPROXY_POOL_SIZE": "1",
+        "CODEPROXY_MAX_SANDBOXES": "16",
         "CODEPROXY_LOG_FORMAT": "json",
         "CODEPROXY_LOG_LEVEL": "info",
         "CODEPROXY_TRANSCRIPT": "markdown",

@@ -182,7 +182,7 @@ def test_without_any_key_the_log_says_how_to_make_one(
     assert len(hint) == 1 and "codeproxy keys create NAME" in hint[0]
     caplog.clear()
     # A stored key, or a static one, is a key: then nothing is said.
-    _cli(settings.data_dir, "keys", "create", "erin")
+    _cli(settings, "keys", "create", "erin")
     for configured in (settings, make_settings()):
         with run_server(create_app(configured)):
             pass
