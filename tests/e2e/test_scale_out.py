@@ -22,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.chat import RESET_NOTE
+from proxy.chat import reset_note
 from tests.e2e.conftest import REPO
 from tests.e2e.test_two_services import TOKEN, free_port
 from tests.postgres import Cluster
@@ -276,9 +276,10 @@ def test_two_proxies_two_executors(shape: Shape) -> None:
         assert_clean_error(response)
         assert time.monotonic() < deadline, response.text
         time.sleep(0.5)
-    fresh = [run(p, None, "print('placed')") for p in (one, two, one)]
-    assert all(r.json()["output"] == "placed\n" for r in fresh)
-    assert survivor.sessions() >= before + 4
+    # (A run without a session has a sandbox for that run only: sessions stay to be counted.)
+    fresh = [(p, new_session(p)) for p in (one, two, one)]
+    assert all(run(p, s, "print('placed')").json()["output"] == "placed\n" for p, s in fresh)
+    assert survivor.sessions() >= before + 3
     # Once the node is marked dead (until then its sessions answer 503), the sessions it held
     # are lost; the others still have their state.
     deadline = time.monotonic() + 30
@@ -306,7 +307,7 @@ def test_two_proxies_two_executors(shape: Shape) -> None:
     third = [*second, reply, {"role": "user", "content": "is the file there?"}]
     chat(one, third)
     sent = shape.upstream.requests[-2]["messages"]
-    assert any(RESET_NOTE in str(m.get("content")) for m in sent if m["role"] == "system")
+    assert any(reset_note("lost") in str(m.get("content")) for m in sent if m["role"] == "system")
     assert "kept" in shape.upstream.requests[-1]["messages"][-1]["content"]
 
     # Proxy one runs two workers; whichever answers /metrics counts both workers' requests.
