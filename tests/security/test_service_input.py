@@ -182,7 +182,8 @@ def test_names_and_output_that_are_not_utf8_are_not_a_500(stack: Stack) -> None:
         "print('lone \\ud800 surrogate', flush=True)\n"
         "print('after')\n"
     )
-    response = run(stack, {"code": code})
+    session = httpx.post(f"{stack.url}/v1/code_interpreter/sessions", json={}, headers=A)
+    response = run(stack, {"code": code, "session_id": session.json()["id"]})
     assert response.status_code == 200, response.text
     body = response.json()
     assert [f["path"] for f in body["files"]] == ["/mnt/data/fine.txt"]
