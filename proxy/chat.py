@@ -197,6 +197,7 @@ async def start_turn(
         replaceable=plan.container is None,
         file_ids=plan.file_ids,
         restore=memory.files if memory.reset else None,
+        conversation_files=memory.files,
     )
     links = FileLinks(services, runner, base_url, dict(memory.files))
     messages = body["messages"]

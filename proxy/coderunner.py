@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 from codeproxy import logs
 from codeproxy.metrics import waiting
 from executor.api import (
@@ -154,6 +156,8 @@ class CodeRunner:
         # Whether the session may be replaced if it ends between two runs: the client did not
         # name it, so it cares for the work, not for that sandbox.
         self._replaceable = False
+        # The conversation's files from earlier turns (path -> file id), for a replacement.
+        self._conversation_files: dict[str, str] = {}
 
     async def attach(
         self,
@@ -162,22 +166,22 @@ class CodeRunner:
         file_ids: list[str],
         restore: dict[str, str] | None = None,
         replaceable: bool = False,
+        conversation_files: dict[str, str] | None = None,
     ) -> None:
         """Check the named session and files belong to the tenant (404 otherwise).
 
         `restore` maps /mnt/data paths to files to put back there (a conversation's files,
         when its old sandbox is gone); those that no longer exist are skipped. A
         `replaceable` session (a conversation's, not one the client named) is replaced by a
-        new one if it ends between two runs.
+        new one if it ends between two runs, with `conversation_files` (mapped likewise) and
+        the turn's own files put back.
         """
         async with self.services.db() as db:
             rows = [
                 await require_file(db, tenant=self.tenant, file_id=file_id) for file_id in file_ids
             ]
-            for path, file_id in (restore or {}).items():
-                row = await get_file(db, tenant=self.tenant, file_id=file_id)
-                if row is not None and path.startswith(DATA + "/"):
-                    self._pending[path[len(DATA) + 1 :]] = row
+            self._pending.update(await self._files_at(db, restore or {}))
+        self._conversation_files = conversation_files or {}
         if session_id is not None:
             await self.executor.get_session(self.tenant, session_id)
             self.session_id = session_id
@@ -185,6 +189,15 @@ class CodeRunner:
         for row in rows:
             name = row.filename if row.filename not in self._pending else f"{row.id}-{row.filename}"
             self._pending[name] = row
+
+    async def _files_at(self, db: AsyncSession, paths: dict[str, str]) -> dict[str, File]:
+        """The tenant's files that still exist, by their name under /mnt/data."""
+        found: dict[str, File] = {}
+        for path, file_id in paths.items():
+            row = await get_file(db, tenant=self.tenant, file_id=file_id)
+            if row is not None and path.startswith(DATA + "/"):
+                found[path[len(DATA) + 1 :]] = row
+        return found
 
     @property
     def pending_files(self) -> list[tuple[str, int]]:
@@ -223,7 +236,9 @@ class CodeRunner:
                 # it over): go on in a new one with the turn's files put back, and let the
                 # model know that its variables are gone.
                 self.session_id = None
-                self._pending = {**self._known, **self._pending}
+                async with self.services.db() as db:
+                    earlier = await self._files_at(db, self._conversation_files)
+                self._pending = {**earlier, **self._known, **self._pending}
                 request.session_id = await self.session()
                 result = await self.executor.execute(self.tenant, request)
                 result.state_lost = True

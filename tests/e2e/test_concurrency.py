@@ -130,3 +130,34 @@ def test_a_turn_whose_session_is_taken_over_between_runs_goes_on_in_a_new_one(
     assert second["error"]["name"] == "NameError"  # its variables were not
     told = stack.upstream.requests[2]["messages"][-1]["content"]
     assert "variables and imports are gone" in told
+
+
+def test_a_conversation_taken_over_mid_turn_gets_its_earlier_files_back(make_stack: Any) -> None:
+    stack: Stack = make_stack(
+        executor={"max_sandboxes_per_tenant": 1, "acquire_timeout": 0, "pool_size": 0}
+    )
+    headers = {"authorization": f"Bearer {KEY_A}"}
+
+    def take_over(body: dict[str, Any]) -> dict[str, Any]:
+        created = httpx.post(f"{stack.url}/v1/code_interpreter/sessions", json={}, headers=headers)
+        assert created.status_code == 200, created.text
+        return completion(tool_calls=[code_call("print(open('/mnt/data/early.txt').read())")])
+
+    stack.upstream.push(
+        completion(tool_calls=[code_call("open('/mnt/data/early.txt', 'w').write('turn 1')")]),
+        completion("Saved."),
+        completion(tool_calls=[code_call("y = 2")]),
+        take_over,
+        completion("Done."),
+    )
+    turn1 = [{"role": "user", "content": "save a file"}]
+    first = stack.client().chat.completions.create(model="gpt-test+code", messages=turn1)
+    turn2 = [
+        *turn1,
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "go on"},
+    ]
+    second = stack.client().chat.completions.create(model="gpt-test+code", messages=turn2)
+    runs = second.model_extra["code_interpreter"]["executions"]
+    assert [r["state_lost"] for r in runs] == [False, True]
+    assert runs[1]["stdout"] == "turn 1\n"  # the file of the earlier turn was put back
