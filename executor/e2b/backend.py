@@ -2,6 +2,8 @@
 
 import asyncio
 import importlib
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from executor.e2b.errors import translated
@@ -20,9 +22,17 @@ class E2BBackend:
 
     name = "e2b"
 
-    def __init__(self, settings: ExecutorSettings, sdk: Any = None) -> None:
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        sdk: Any = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
         self._sdk = sdk
+        # What the sandboxes' lifetimes on E2B's side are measured with.
+        self._clock = clock
         # Sandbox lifetime on E2B's side, refreshed on use (see E2BSandbox._keep_alive).
         self.lifetime = settings.session_idle_timeout + settings.exec_timeout_max + LIFETIME_MARGIN
 
@@ -63,7 +73,7 @@ class E2BBackend:
                 ),
                 CREATE_TIMEOUT,
             )
-        sandbox = E2BSandbox(sbx, self._sdk, self._settings, self.lifetime)
+        sandbox = E2BSandbox(sbx, self._sdk, self._settings, self.lifetime, clock=self._clock)
         try:
             await sandbox.prepare()
         except BaseException:

@@ -74,12 +74,21 @@ _CUT: Any = object()
 class E2BSandbox:
     """One E2B sandbox; implements executor.backend.Sandbox."""
 
-    def __init__(self, sbx: Any, sdk: Any, settings: ExecutorSettings, lifetime: float) -> None:
+    def __init__(
+        self,
+        sbx: Any,
+        sdk: Any,
+        settings: ExecutorSettings,
+        lifetime: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._sbx = sbx
         self._sdk = sdk
         self._settings = settings
         self._lifetime = lifetime
-        self._expires = time.monotonic() + lifetime
+        self._clock = clock
+        self._expires = clock() + lifetime
         self._dead = False
         self._closed = False
         self._kernels_ready: set[str] = set()
@@ -98,7 +107,7 @@ class E2BSandbox:
         """False once dead or closed, or too close to E2B's deadline for a run to finish."""
         if self._dead or self._closed:
             return False
-        left = self._expires - time.monotonic()
+        left = self._expires - self._clock()
         return left > self._settings.exec_timeout_max + DEADLINE_SAFETY
 
     async def prepare(self) -> None:
@@ -429,14 +438,14 @@ class E2BSandbox:
 
         After any use the sandbox then outlives an idle session plus its longest run.
         """
-        if self._expires - time.monotonic() > self._lifetime - LIFETIME_MARGIN / 2:
+        if self._expires - self._clock() > self._lifetime - LIFETIME_MARGIN / 2:
             return
         with self._translated():
             await asyncio.wait_for(
                 self._sbx.set_timeout(int(self._lifetime), request_timeout=REQUEST_TIMEOUT),
                 REQUEST_TIMEOUT,
             )
-        self._expires = time.monotonic() + self._lifetime
+        self._expires = self._clock() + self._lifetime
 
     async def _remove(self, target: str) -> None:
         with contextlib.suppress(ExecutorError, TimeoutError), self._translated():

@@ -1,8 +1,8 @@
 """Resource limits hold: memory, processes, CPU, wall clock, output, /tmp and /mnt/data."""
 
 import asyncio
+import contextlib
 import os
-import time
 
 from executor.errors import FileTooLarge
 from executor.languages import Language
@@ -55,11 +55,9 @@ async def test_memory_bomb_in_a_one_shot(make_backend: BackendFactory) -> None:
 async def test_fork_bomb_is_contained(make_backend: BackendFactory) -> None:
     backend = await make_backend(pids_limit=64)
     sandbox = await backend.create()
-    started = time.monotonic()
     out = await run(sandbox, ":(){ :|:& };:; sleep 10", Language.BASH, timeout=2)
     assert "Resource temporarily unavailable" in out.stderr
     assert out.timed_out and out.exit_code is None
-    assert time.monotonic() - started < 10
     assert sandbox.cgroup is not None and len(sandbox.cgroup.pids()) <= 3
     assert (await run(sandbox, "print('alive')")).stdout == "alive\n"
 
@@ -96,22 +94,17 @@ async def test_cpu_is_capped_by_the_quota(make_backend: BackendFactory) -> None:
 
 
 async def test_c_infinite_loop_is_killed_at_the_deadline(sandbox: LocalSandbox) -> None:
-    started = time.monotonic()
     out = await run(sandbox, "int main(void) { for (;;); }", Language.C, timeout=1)
     assert out.timed_out and out.exit_code is None
     assert out.error is not None and out.error.name == "TimeoutError"
-    assert time.monotonic() - started < 10
     assert sandbox.cgroup is not None and len(sandbox.cgroup.pids()) <= 3
     assert (await run(sandbox, "echo ok", Language.BASH)).stdout == "ok\n"
 
 
 async def test_uninterruptible_python_is_killed_and_restarted(sandbox: LocalSandbox) -> None:
     await run(sandbox, "x = 1")
-    started = time.monotonic()
     out = await run(sandbox, "sum(range(10**12))", timeout=0.5)  # a C loop: no signal checks
-    elapsed = time.monotonic() - started
     assert out.timed_out and out.state_lost
-    assert elapsed < 10  # deadline + grace + restart, with room for a loaded machine
     assert (await run(sandbox, "print('x' in globals())")).stdout == "False\n"
 
 
@@ -124,10 +117,10 @@ async def test_sigint_ignoring_loop_is_killed_and_restarted(sandbox: LocalSandbo
 
 async def test_output_flood_is_capped_and_stopped(sandbox: LocalSandbox) -> None:
     before = rss_mb()
-    started = time.monotonic()
     code = "import sys\nfor _ in range(200):\n    sys.stdout.write('x' * 2**20)"  # 200 MB
     out = await run(sandbox, code, timeout=30, max_output_bytes=64 * 1024)
-    assert time.monotonic() - started < 10
+    # Stopped by the output limit, not by the deadline.
+    assert not out.timed_out
     assert out.stdout_truncated and len(out.stdout) == 64 * 1024
     assert set(out.stdout) == {"x"}
     assert out.error is not None and out.error.name == "OutputLimitExceeded"
@@ -149,11 +142,10 @@ async def test_flood_is_stopped_even_without_the_kernel_soft_cap(sandbox: LocalS
     undo = await run(sandbox, UNDO_SOFT_CAP)
     assert undo.error is None, undo.error
     before = rss_mb()
-    started = time.monotonic()
     out = await run(
         sandbox, "while True: print('z' * 1000)", timeout=30, max_output_bytes=64 * 1024
     )
-    assert time.monotonic() - started < 10
+    assert not out.timed_out  # stopped by the output limit, not by the deadline
     assert out.stdout_truncated and out.stdout.startswith("z" * 1000)
     assert out.error is not None and out.error.name == "OutputLimitExceeded"
     assert rss_mb() - before < 200
@@ -221,8 +213,10 @@ async def test_a_stuck_sandbox_does_not_block_another(backend: object) -> None:
 
     assert isinstance(backend, LocalBackend)
     busy, calm = await backend.create(), await backend.create()
-    stuck = asyncio.create_task(run(busy, "while True: pass", timeout=2))
-    started = time.monotonic()
+    stuck = asyncio.create_task(run(busy, "while True: pass", timeout=60))
     out = await run(calm, "print(1)")
-    assert out.stdout == "1\n" and time.monotonic() - started < 2
-    assert (await stuck).timed_out
+    # The other sandbox answered while this one was still stuck.
+    assert out.stdout == "1\n" and not stuck.done()
+    stuck.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stuck
