@@ -26,7 +26,14 @@ from executor.errors import (
     Unauthorized,
     from_body,
 )
-from executor.models import ExecuteRequest, ExecutionResult, FileEntry, PoolHealth, SessionInfo
+from executor.models import (
+    ExecuteRequest,
+    ExecutionResult,
+    FileEntry,
+    PoolHealth,
+    SessionInfo,
+    SessionOptions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +123,16 @@ class HttpExecutorClient:
             busy=sum(h.busy for h in healths),
         )
 
-    async def create_session(self, tenant: str) -> SessionInfo:
+    async def create_session(
+        self, tenant: str, options: SessionOptions | None = None
+    ) -> SessionInfo:
+        body = options.model_dump(exclude_none=True) if options is not None else {}
         last_error: ExecutorError | None = None
         for node in self._placement():
             try:
-                response = await self._request(node, "POST", "/sessions", tenant=tenant, ok=(201,))
+                response = await self._request(
+                    node, "POST", "/sessions", tenant=tenant, ok=(201,), json=body
+                )
             except (CapacityExhausted, SandboxUnavailable) as exc:
                 last_error = exc
                 continue
