@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from executor.api import ExecuteRequest, ExecutionResult, Executor, ExecutorError
+from proxy.containers import ContainerSpec, record_file, register
 from proxy.deps import Services
 from proxy.filestore import open_file, require_file, store_file
 from proxy.ids import new_id
@@ -32,6 +33,8 @@ class SavedFile:
     filename: str
     bytes: int
     path: str | None = None  # where it lives in /mnt/data; None for displayed images
+    # The container file (`cfile_…`) it is in the container the code ran in.
+    container_file_id: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -94,9 +97,13 @@ class CodeRunner:
         self.tenant = tenant
         self.source = source
         self.session_id: str | None = None
+        # What a new container is made with, when one is needed.
+        self.spec = ContainerSpec()
         self.runs: list[Run] = []
-        # Input files to copy into the sandbox before the first run, by their /mnt/data name.
+        # Input files to copy into the sandbox before the first run, by their /mnt/data name,
+        # and who put them there first (`user`, or `assistant` for files put back).
         self._pending: dict[str, File] = {}
+        self._sources: dict[str, str] = {}
 
     async def attach(
         self,
@@ -104,11 +111,13 @@ class CodeRunner:
         session_id: str | None,
         file_ids: list[str],
         restore: dict[str, str] | None = None,
+        sources: dict[str, str] | None = None,
     ) -> None:
         """Check the named session and files belong to the tenant (404 otherwise).
 
         `restore` maps /mnt/data paths to files to put back there (a conversation's files,
-        when its old sandbox is gone); those that no longer exist are skipped.
+        when its old sandbox is gone); those that no longer exist are skipped. `sources` says
+        by path who first put them there (default: the code, `assistant`).
         """
         async with self.services.db() as db:
             rows = [
@@ -117,13 +126,16 @@ class CodeRunner:
             for path, file_id in (restore or {}).items():
                 row = await get_file(db, tenant=self.tenant, file_id=file_id)
                 if row is not None and path.startswith(DATA + "/"):
-                    self._pending[path[len(DATA) + 1 :]] = row
+                    name = path[len(DATA) + 1 :]
+                    self._pending[name] = row
+                    self._sources[name] = (sources or {}).get(path, "assistant")
         if session_id is not None:
             await self.executor.get_session(self.tenant, session_id)
             self.session_id = session_id
         for row in rows:
             name = row.filename if row.filename not in self._pending else f"{row.id}-{row.filename}"
             self._pending[name] = row
+            self._sources[name] = "user"
 
     @property
     def pending_files(self) -> list[tuple[str, int]]:
@@ -132,11 +144,21 @@ class CodeRunner:
     async def session(self) -> str:
         """The session to run in: the attached one, or a new one; input files copied in."""
         if self.session_id is None:
-            self.session_id = (await self.executor.create_session(self.tenant)).id
+            info = await self.executor.create_session(self.tenant, self.spec.options())
+            self.session_id = info.id
+            await register(self.services.db, self.tenant, info, self.spec)
         while self._pending:
             name, row = next(iter(self._pending.items()))
             chunks = await open_file(self.services.blobs, row)
             await self.executor.upload_file(self.tenant, self.session_id, name, chunks)
+            await record_file(
+                self.services.db,
+                tenant=self.tenant,
+                container_id=self.session_id,
+                path=f"{DATA}/{name}",
+                row=row,
+                source=self._sources.pop(name, "user"),
+            )
             del self._pending[name]
         return self.session_id
 
@@ -154,7 +176,7 @@ class CodeRunner:
         run = Run(id=new_id("exec_"), code=code, language=result.language, result=result)
         await self._save_outputs(run)
         self.runs.append(run)
-        await self._record(run)
+        await self._audit(run)
         return run
 
     async def _save_outputs(self, run: Run) -> None:
@@ -168,7 +190,8 @@ class CodeRunner:
             except ExecutorError:
                 continue  # deleted again or replaced by something unreadable meanwhile
             row = await self._store(posixpath.basename(entry.path), chunks)
-            run.files.append(SavedFile(row.id, row.filename, row.bytes, entry.path))
+            cfile = await self._record(run, entry.path, row)
+            run.files.append(SavedFile(row.id, row.filename, row.bytes, entry.path, cfile))
         budget -= len(run.files)
         for output in run.result.results:
             for mime, ext in IMAGE_TYPES.items():
@@ -177,9 +200,22 @@ class CodeRunner:
                     row = await self._store(
                         f"image_{run.id[5:13]}_{len(run.images) + 1}.{ext}", _once(data)
                     )
-                    run.images.append(SavedFile(row.id, row.filename, row.bytes))
+                    # Shown, not saved: a container file all the same, as OpenAI makes one.
+                    cfile = await self._record(run, f"{DATA}/{row.filename}", row)
+                    run.images.append(SavedFile(row.id, row.filename, row.bytes, None, cfile))
                     budget -= 1
                     break
+
+    async def _record(self, run: Run, path: str, row: File) -> str:
+        record = await record_file(
+            self.services.db,
+            tenant=self.tenant,
+            container_id=run.result.session_id,
+            path=path,
+            row=row,
+            source="assistant",
+        )
+        return record.id
 
     async def _store(self, filename: str, chunks: AsyncIterator[bytes]) -> File:
         return await store_file(
@@ -192,7 +228,7 @@ class CodeRunner:
             max_bytes=self.services.settings.max_upload_bytes,
         )
 
-    async def _record(self, run: Run) -> None:
+    async def _audit(self, run: Run) -> None:
         r = run.result
         status = "timeout" if r.timed_out else "error" if r.error or r.exit_code else "ok"
         keep = self.services.settings.execution_retention_days > 0
