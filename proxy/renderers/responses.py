@@ -419,13 +419,9 @@ class ResponseSSE(ResponseView):
             out.append(self.frame({"type": "response.created", "response": head}))
             out.append(self.frame({"type": "response.in_progress", "response": head}))
         if isinstance(event, Failed):
-            err = event.error
-            return [
-                *out,
-                self.frame(
-                    {"type": "error", "code": err.code, "message": err.message, "param": err.param}
-                ),
-            ]
+            error = event.error.body().get("error") or {}
+            fields = {k: error.get(k) for k in ("code", "message", "param")}
+            return [*out, self.frame({"type": "error", **fields})]
         out.extend(self.frame(e) for e in self.fold(event))
         if isinstance(event, Done):
             status, response = self.final()

@@ -15,7 +15,7 @@ from proxy.routes.containers import page
 from storage.models import StoredResponse
 from storage.responses import get_response
 
-router = APIRouter(prefix="/responses", tags=["responses"])
+router = APIRouter(tags=["responses"])
 
 
 async def create_response(request: Request) -> Response:
@@ -30,7 +30,7 @@ async def create_response(request: Request) -> Response:
 
 
 # A plain Starlette route, as chat completions: no per-request dependency solving.
-router.add_route("", create_response, methods=["POST"])
+router.add_route("/responses", create_response, methods=["POST"])
 
 
 def _includes(request: Request) -> bool:
@@ -46,7 +46,7 @@ async def _require(db: Any, tenant: str, response_id: str) -> StoredResponse:
     return row
 
 
-@router.get("/{response_id}")
+@router.get("/responses/{response_id}")
 async def retrieve_response(
     response_id: str, request: Request, tenant: TenantDep, db: DbDep, stream: bool = False
 ) -> dict[str, Any]:
@@ -58,7 +58,7 @@ async def retrieve_response(
     return stored_response(await _require(db, tenant.id, response_id), _includes(request))
 
 
-@router.delete("/{response_id}")
+@router.delete("/responses/{response_id}")
 async def delete_response(response_id: str, tenant: TenantDep, db: DbDep) -> dict[str, Any]:
     """Delete a stored response."""
     row = await _require(db, tenant.id, response_id)
@@ -67,7 +67,7 @@ async def delete_response(response_id: str, tenant: TenantDep, db: DbDep) -> dic
     return {"id": response_id, "object": "response", "deleted": True}
 
 
-@router.get("/{response_id}/input_items")
+@router.get("/responses/{response_id}/input_items")
 async def list_input_items(
     response_id: str,
     tenant: TenantDep,
