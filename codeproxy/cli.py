@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from codeproxy.web import server_options
 from executor.settings import ExecutorSettings
 from proxy.settings import Settings
 
@@ -75,6 +76,7 @@ def _serve(settings: Settings, *, all_in_one: bool) -> None:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        **server_options(),
     )
 
 

@@ -5,6 +5,7 @@ import logging
 
 import uvicorn
 
+from codeproxy.web import server_options
 from executor.app import create_app
 from executor.settings import ExecutorSettings
 
@@ -53,4 +54,5 @@ def serve(settings: ExecutorSettings) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         # The caller's logging configuration stays in charge.
         log_config=None,
+        **server_options(),
     )

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
-from executor.api import DATA_DIR, relative_data_path
+from executor.api import DATA_DIR, check_code, relative_data_path
 from executor.backend import MemoryCapped, Sandbox, SandboxBackend
 from executor.errors import (
     ExecutorError,
@@ -205,6 +205,7 @@ class ExecutorService:
     async def execute(self, tenant: str, request: ExecuteRequest) -> ExecutionResult:
         """Run code in the session; cancelling the call interrupts the code and frees the lease."""
         language = parse_language(request.language)
+        check_code(request.code, self._settings.max_code_bytes)
         timeout = self._timeout(request.timeout)
         session = self._session(tenant, request.session_id)
         async with session.lease:

@@ -52,6 +52,8 @@ class ExecutorSettings(BaseSettings):
     exec_timeout_max: float = Field(default=300.0, gt=0)
     interrupt_grace: float = Field(default=2.0, ge=0)
     max_output_bytes: int = Field(default=1 * MIB, ge=1024)
+    # Code larger than this is refused before it reaches a sandbox.
+    max_code_bytes: int = Field(default=1 * MIB, ge=1024)
 
     memory_limit_mb: int = Field(default=1024, ge=128)
     # The largest memory cap a session may ask for (None: memory_limit_mb, no raising).

@@ -6,6 +6,7 @@
     ├── NotFoundError                 404 invalid_request_error
     ├── MethodNotAllowedError         405 invalid_request_error / method_not_allowed
     ├── PayloadTooLargeError          413 invalid_request_error / file_too_large
+    │   └── QuotaExceededError        413 insufficient_quota / insufficient_quota
     ├── UpstreamError                 the upstream's own status and body, passed through
     ├── UpstreamUnreachableError      502 server_error / upstream_unreachable
     └── ServiceUnavailableError       503 service_unavailable_error
@@ -87,6 +88,13 @@ class PayloadTooLargeError(APIError):
     status = 413
     type = "invalid_request_error"
     default_code = "file_too_large"
+
+
+class QuotaExceededError(PayloadTooLargeError):
+    """The tenant's stored files would pass its storage quota (413: retrying cannot help)."""
+
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
 
 
 class UpstreamError(APIError):

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     max_upload_bytes: int = Field(default=512 * MIB, ge=1)
+    # Bytes of files (uploads plus code outputs) one tenant may keep.
+    storage_quota_bytes: int = Field(default=10 * 1024 * MIB, ge=0)
+    # Bytes of files and images one execution may export into the tenant's files.
+    max_export_bytes: int = Field(default=256 * MIB, ge=0)
+    # Code larger than this is refused (the direct API) or answered as an error (the loop).
+    max_code_bytes: int = Field(default=1 * MIB, ge=1024)
 
     # The code-interpreter loop.
     max_rounds: int = Field(default=10, ge=1)
