@@ -154,30 +154,30 @@ def test_another_tenants_container_is_not_found(stack: Stack) -> None:
         stack.client().containers.create(name="x", file_ids=[stored.id])
 
 
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
-        ({}, "name"),
-        ({"name": "x", "memory_limit": "2g"}, "memory_limit"),
-        (
-            {"name": "x", "expires_after": {"anchor": "created_at", "minutes": 5}},
-            "expires_after.anchor",
-        ),
-        (
-            {"name": "x", "expires_after": {"anchor": "last_active_at", "minutes": 0}},
-            "expires_after.minutes",
-        ),
-        (
-            {"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": ["a.b"]}},
-            "network_policy.type",
-        ),
-        ({"name": "x", "skills": []}, "skills"),
-    ],
-)
-def test_bad_container_requests(stack: Stack, body: dict[str, Any], param: str) -> None:
-    response = httpx.post(
-        f"{stack.url}/v1/containers", json=body, headers={"authorization": f"Bearer {KEY_A}"}
-    )
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == param
+BAD_CONTAINERS: list[tuple[dict[str, Any], str]] = [
+    ({}, "name"),
+    ({"name": "x", "memory_limit": "2g"}, "memory_limit"),
+    (
+        {"name": "x", "expires_after": {"anchor": "created_at", "minutes": 5}},
+        "expires_after.anchor",
+    ),
+    (
+        {"name": "x", "expires_after": {"anchor": "last_active_at", "minutes": 0}},
+        "expires_after.minutes",
+    ),
+    (
+        {"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": ["a.b"]}},
+        "network_policy.type",
+    ),
+    ({"name": "x", "skills": []}, "skills"),
+]
+
+
+def test_bad_container_requests(stack: Stack) -> None:
+    for body, param in BAD_CONTAINERS:
+        response = httpx.post(
+            f"{stack.url}/v1/containers", json=body, headers={"authorization": f"Bearer {KEY_A}"}
+        )
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["error"]["param"] == param, body
     assert stack.client().containers.list().data == []

@@ -357,83 +357,82 @@ def test_another_tenants_response_and_container_are_not_found(stack: Stack) -> N
     assert len(stack.upstream.requests) == 2
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "param"),
-    [
-        ({"input": "hi"}, 400, "model"),
-        ({"model": "m", "input": "hi", "frobnicate": 1}, 400, "frobnicate"),
-        ({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
-        ({"model": "m", "input": "hi", "tools": [{"type": "function"}]}, 400, "tools[0].name"),
-        (
-            {"model": "m", "input": "hi", "tools": [{"type": "code_interpreter", "container": 3}]},
-            400,
-            "tools[0].container",
-        ),
-        (
-            {
-                "model": "m",
-                "input": "hi",
-                "tools": [
-                    {
-                        "type": "code_interpreter",
-                        "container": {"type": "auto", "memory_limit": "2g"},
-                    }
-                ],
-            },
-            400,
-            "tools[0].container.memory_limit",
-        ),
-        (
-            {
-                "model": "m",
-                "input": "hi",
-                "tools": [{"type": "code_interpreter", "container": "cntr_nope"}],
-            },
-            404,
-            "container_id",
-        ),
-        (
-            {
-                "model": "m",
-                "input": "hi",
-                "tools": [
-                    {
-                        "type": "code_interpreter",
-                        "container": {"type": "auto", "file_ids": ["file-nope"]},
-                    }
-                ],
-            },
-            404,
-            "file_id",
-        ),
-        (
-            {"model": "m", "input": "hi", "tool_choice": {"type": "function", "name": "x"}},
-            400,
-            "tool_choice",
-        ),
-        ({"model": "m", "input": "hi", "background": True}, 400, "background"),
-        (
-            {"model": "m", "input": "hi", "include": ["message.output_text.logprobs"]},
-            400,
-            "include[0]",
-        ),
-        ({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}, 400, "input[0].type"),
-        ({"model": "m", "input": 5}, 400, "input"),
-        (
-            {"model": "m", "input": "hi", "previous_response_id": "resp_nope"},
-            404,
-            "previous_response_id",
-        ),
-    ],
-)
-def test_bad_input_is_a_clear_error(
-    stack: Stack, body: dict[str, Any], status: int, param: str
-) -> None:
-    response = post(stack, body)
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["param"] == param
-    assert error["message"]
+BAD_INPUT: list[tuple[dict[str, Any], int, str]] = [
+    ({"input": "hi"}, 400, "model"),
+    ({"model": "m", "input": "hi", "frobnicate": 1}, 400, "frobnicate"),
+    ({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
+    ({"model": "m", "input": "hi", "tools": [{"type": "function"}]}, 400, "tools[0].name"),
+    (
+        {"model": "m", "input": "hi", "tools": [{"type": "code_interpreter", "container": 3}]},
+        400,
+        "tools[0].container",
+    ),
+    (
+        {
+            "model": "m",
+            "input": "hi",
+            "tools": [
+                {
+                    "type": "code_interpreter",
+                    "container": {"type": "auto", "memory_limit": "2g"},
+                }
+            ],
+        },
+        400,
+        "tools[0].container.memory_limit",
+    ),
+    (
+        {
+            "model": "m",
+            "input": "hi",
+            "tools": [{"type": "code_interpreter", "container": "cntr_nope"}],
+        },
+        404,
+        "container_id",
+    ),
+    (
+        {
+            "model": "m",
+            "input": "hi",
+            "tools": [
+                {
+                    "type": "code_interpreter",
+                    "container": {"type": "auto", "file_ids": ["file-nope"]},
+                }
+            ],
+        },
+        404,
+        "file_id",
+    ),
+    (
+        {"model": "m", "input": "hi", "tool_choice": {"type": "function", "name": "x"}},
+        400,
+        "tool_choice",
+    ),
+    ({"model": "m", "input": "hi", "background": True}, 400, "background"),
+    (
+        {"model": "m", "input": "hi", "include": ["message.output_text.logprobs"]},
+        400,
+        "include[0]",
+    ),
+    ({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}, 400, "input[0].type"),
+    ({"model": "m", "input": 5}, 400, "input"),
+    (
+        {"model": "m", "input": "hi", "previous_response_id": "resp_nope"},
+        404,
+        "previous_response_id",
+    ),
+]
+
+
+def test_bad_input_is_a_clear_error(stack: Stack) -> None:
+    # One server for every case: each is refused before any upstream call or sandbox use.
+    for body, status, param in BAD_INPUT:
+        response = post(stack, body)
+        assert response.status_code == status, (body, response.text)
+        error = response.json()["error"]
+        assert error["param"] == param, (body, error)
+        assert error["message"]
     assert stack.upstream.requests == []
 
 
