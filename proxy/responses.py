@@ -6,13 +6,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
+from executor.api import SessionNotFound
 from proxy.coderunner import CodeRunner
-from proxy.containers import RESET_NOTE, ContainerSpec, require_container, resume
+from proxy.containers import RESET_NOTE, ContainerSpec, resume
 from proxy.conversations import OMITTED
 from proxy.deps import Services, get_executor
 from proxy.engine import Engine, Turn
-from proxy.errors import APIError, InvalidRequestError, NotFoundError
-from proxy.events import ClientCall, Done, Event, Failed
+from proxy.errors import APIError, NotFoundError
+from proxy.events import ClientCall, Done, Event, Failed, MessageDone
 from proxy.filestore import open_file, require_file
 from proxy.interpreter import TOOL_NAME
 from proxy.jsonutil import dumps, loads
@@ -62,8 +63,10 @@ class ResponseTurn:
             async for event in self._events(renderer, raise_failure=False):
                 if isinstance(event, Failed) and not renderer.started:
                     raise event.error
-                for out in renderer.feed(event):
-                    yield out
+                frames = renderer.feed(event)
+                if frames:
+                    # One write per engine event: an event may make several frames.
+                    yield b"".join(frames)
         except Exception as exc:
             self._raise(exc)
 
@@ -75,6 +78,11 @@ class ResponseTurn:
 
     async def _events(self, view: ResponseView, *, raise_failure: bool) -> AsyncIterator[Event]:
         async for event in self.engine.events():
+            if isinstance(event, MessageDone) and view.cites(event.text):
+                # Links to files of earlier turns: looked up only when a message has some.
+                view.known.update(
+                    await _known_files(self.services, self.tenant, self.engine.runner.session_id)
+                )
             if isinstance(event, ClientCall):
                 self.client_calls.append(event.raw)
             elif isinstance(event, Failed) and raise_failure:
@@ -152,7 +160,6 @@ async def start_response(services: Services, tenant: str, body: dict[str, Any]) 
         model=request.model,
         body=body,
         include_outputs=request.include_outputs,
-        known=await _known_files(services, tenant, runner.session_id),
     )
     engine = Engine(
         settings=services.settings,
@@ -175,16 +182,12 @@ async def _attach(
     again while it lives, and replaced, its files put back, once it has expired.
     """
     if request.container is not None:
-        row, info = await require_container(
-            runner.services.db, runner.executor, runner.tenant, request.container
-        )
-        if info is None:
-            raise InvalidRequestError(
-                f"Container {request.container} has expired; create a new one.",
-                param="tools",
-                code="container_expired",
-            )
-        await runner.attach(session_id=row.id, file_ids=file_ids)
+        try:
+            await runner.attach(session_id=request.container, file_ids=file_ids)
+        except SessionNotFound:
+            raise NotFoundError(
+                f"Container {request.container} not found (or expired).", param="container_id"
+            ) from None
         return False
     runner.spec = ContainerSpec(memory_limit=request.memory_limit)
     earlier = request.input_container or previous

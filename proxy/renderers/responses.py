@@ -58,7 +58,8 @@ class Head:
     model: str
     body: dict[str, Any]
     include_outputs: bool
-    # Container files already there (given, uploaded, or written in earlier turns), by path.
+    # Container files already there (given, uploaded, or written in earlier turns), by path;
+    # a driver adds those a message links to before the message ends (see `cites`).
     known: dict[str, CitedFile] = field(default_factory=dict)
 
 
@@ -118,6 +119,7 @@ class ResponseView:
         self._refusal: list[str] = []
         self._calls: dict[str, tuple[int, dict[str, Any]]] = {}
         self.done: Done | None = None
+        self._final: tuple[str, dict[str, Any]] | None = None
 
     def response(self, status: str, **extra: Any) -> dict[str, Any]:
         """The `response` object as it stands."""
@@ -159,10 +161,21 @@ class ResponseView:
     def final(self) -> tuple[str, dict[str, Any]]:
         """The terminal status and the finished `response` object."""
         assert self.done is not None, "final() before Done"
-        reason = INCOMPLETE.get(self.done.finish_reason)
-        if reason is None:
-            return "completed", self.response("completed")
-        return "incomplete", self.response("incomplete", incomplete_details={"reason": reason})
+        if self._final is None:
+            reason = INCOMPLETE.get(self.done.finish_reason)
+            if reason is None:
+                self._final = ("completed", self.response("completed"))
+            else:
+                details = {"reason": reason}
+                self._final = (
+                    "incomplete",
+                    self.response("incomplete", incomplete_details=details),
+                )
+        return self._final
+
+    def cites(self, text: str | None) -> list[str]:
+        """The /mnt/data paths `text` links to that are not known container files yet."""
+        return [m.group(1) for m in _LINK.finditer(text or "") if m.group(1) not in self.known]
 
     def fold(self, event: Event) -> list[dict[str, Any]]:
         match event:
