@@ -11,6 +11,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from codeproxy import logs
+
 # A request line plus headers larger than this is refused (400) while uvicorn parses it, before
 # any middleware, authentication or routing sees the request.
 MAX_REQUEST_HEAD_BYTES = 64 * 1024
@@ -84,6 +86,7 @@ class RequestIdMiddleware:
             request_id = incoming if _REQUEST_ID.fullmatch(incoming) else ""
         request_id = request_id or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        logs.request_id.set(request_id)
         started = False
 
         async def send_with_id(message: Message) -> None:

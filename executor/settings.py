@@ -20,6 +20,8 @@ class ExecutorSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     internal_token: SecretStr | None = None
+    # This node's name among execution nodes; unset: "<hostname>:<port>".
+    node_id: str | None = None
 
     sandbox_backend: Literal["local", "e2b"] = "local"
     # The read-only Python environment mounted at /opt/venv inside local sandboxes.

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from codeproxy import logs
+from codeproxy.metrics import waiting
 from executor.api import (
     ExecuteRequest,
     ExecutionResult,
@@ -184,6 +186,7 @@ class CodeRunner:
             info = await self.executor.create_session(self.tenant, self.spec.options())
             self.session_id = info.id
             await register(self.services.db, self.tenant, info, self.spec)
+        logs.session_id.set(self.session_id)
         while self._pending:
             name, row = next(iter(self._pending.items()))
             chunks = await open_file(self.services.blobs, row)
@@ -202,16 +205,17 @@ class CodeRunner:
     async def run(self, code: str, language: str, *, timeout: float | None = None) -> Run:
         # An InvalidRequest of the executor's, as it would answer: the loop tells the model.
         check_code(code, self.services.settings.max_code_bytes)
-        session_id = await self.session()
-        result = await self.executor.execute(
-            self.tenant,
-            ExecuteRequest(
-                session_id=session_id,
-                code=code,
-                language=language,
-                timeout=timeout or self.services.settings.code_timeout,
-            ),
-        )
+        with waiting("executor"):
+            session_id = await self.session()
+            result = await self.executor.execute(
+                self.tenant,
+                ExecuteRequest(
+                    session_id=session_id,
+                    code=code,
+                    language=language,
+                    timeout=timeout or self.services.settings.code_timeout,
+                ),
+            )
         run = Run(id=new_id("exec_"), code=code, language=result.language, result=result)
         await self._save_outputs(run)
         self.runs.append(run)

@@ -12,8 +12,9 @@
     └── ServiceUnavailableError       503 service_unavailable_error
 
 Foreign errors are translated here and nowhere else: Starlette's HTTP errors, request
-validation errors, the execution service's `ExecutorError`s, and anything unexpected (a 500
-whose message hides the details, which are logged).
+validation errors, the execution service's `ExecutorError`s, a failing blob store (503
+storage_unavailable), and anything unexpected (a 500 whose message hides the details, which
+are logged).
 """
 
 import logging
@@ -33,6 +34,7 @@ from codeproxy.web import (
 )
 from executor.api import ExecutorError
 from proxy.jsonutil import JSONResponse
+from storage.blobs import BlobStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +146,11 @@ def translate(exc: BaseException) -> APIError:
             exc.message, param=exc.param, code=exc.code, headers=headers
         )
         return err
+    if isinstance(exc, BlobStoreError):
+        logger.error("the blob store failed: %s", exc)
+        return ServiceUnavailableError(
+            "The file store is unavailable; retry later.", code="storage_unavailable"
+        )
     logger.error("unexpected error", exc_info=exc)
     return APIError("The server had an error while processing your request.")
 
