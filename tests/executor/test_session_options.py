@@ -50,7 +50,7 @@ async def executor(
         return
     settings = make_settings(internal_token=SecretStr(TOKEN))
     async with serve_app(create_app(settings, service=service)) as url:
-        client = HttpExecutorClient([url], TOKEN)
+        client = HttpExecutorClient(url, TOKEN)
         await client.start()
         try:
             yield client
