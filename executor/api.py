@@ -31,6 +31,7 @@ from executor.models import (
     PoolHealth,
     RichOutput,
     SessionInfo,
+    SessionOptions,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "SandboxUnavailable",
     "SessionInfo",
     "SessionNotFound",
+    "SessionOptions",
     "Unauthorized",
     "UnsupportedLanguage",
     "check_code",
@@ -78,7 +80,9 @@ class Executor(Protocol):
 
     async def health(self) -> PoolHealth: ...
 
-    async def create_session(self, tenant: str) -> SessionInfo: ...
+    async def create_session(
+        self, tenant: str, options: SessionOptions | None = None
+    ) -> SessionInfo: ...
 
     async def get_session(self, tenant: str, session_id: str) -> SessionInfo: ...
 

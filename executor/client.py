@@ -20,7 +20,14 @@ from executor.errors import (
     Unauthorized,
     from_body,
 )
-from executor.models import ExecuteRequest, ExecutionResult, FileEntry, PoolHealth, SessionInfo
+from executor.models import (
+    ExecuteRequest,
+    ExecutionResult,
+    FileEntry,
+    PoolHealth,
+    SessionInfo,
+    SessionOptions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +98,11 @@ class HttpExecutorClient:
                 f"The executor at {self.url} answered HTTP {response.status_code}."
             ) from None
 
-    async def create_session(self, tenant: str) -> SessionInfo:
-        response = await self._request("POST", "/sessions", tenant=tenant, ok=(201,))
+    async def create_session(
+        self, tenant: str, options: SessionOptions | None = None
+    ) -> SessionInfo:
+        body = options.model_dump(exclude_none=True) if options is not None else {}
+        response = await self._request("POST", "/sessions", tenant=tenant, ok=(201,), json=body)
         return SessionInfo.model_validate(response.json())
 
     async def get_session(self, tenant: str, session_id: str) -> SessionInfo:

@@ -65,7 +65,19 @@ class ExecuteRequest(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
 
 
-class CreateSessionRequest(BaseModel):
+class SessionOptions(BaseModel):
+    """How to create a session. Every field is optional, so callers name only what they need."""
+
+    # The sandbox's memory cap in MiB, for the session's whole life (at most the service's
+    # `memory_limit_max_mb`); None: the service's `memory_limit_mb`.
+    memory_limit_mb: int | None = Field(default=None, ge=128)
+    # Seconds the session may stay idle before it ends; None: the service's default.
+    idle_timeout: float | None = Field(default=None, gt=0)
+
+
+class CreateSessionRequest(SessionOptions):
+    """The internal API's body for a new session."""
+
     language: str | None = None
 
 

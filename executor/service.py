@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from codeproxy import logs
 from executor.api import DATA_DIR, check_code, relative_data_path
-from executor.backend import Sandbox, SandboxBackend
+from executor.backend import MemoryCapped, Sandbox, SandboxBackend
 from executor.errors import (
     ExecutorError,
     FileTooLarge,
@@ -36,6 +36,7 @@ from executor.models import (
     PoolHealth,
     RunOutcome,
     SessionInfo,
+    SessionOptions,
 )
 from executor.node import new_boot_id, node_id
 from executor.pool import SandboxPool
@@ -72,6 +73,9 @@ class _Session:
     files_seen: list[FileEntry] | None = None
     lease: asyncio.Lock = field(default_factory=asyncio.Lock)
     running: asyncio.Task[RunOutcome] | None = None
+    # Set by the session's options; None: the service's defaults.
+    idle_timeout: float | None = None
+    memory_limit_mb: int | None = None
 
     @property
     def busy(self) -> bool:
@@ -81,6 +85,7 @@ class _Session:
         self.last_active_at = time.time()
 
     def info(self, idle_timeout: float) -> SessionInfo:
+        idle_timeout = self.idle_timeout or idle_timeout
         return SessionInfo(
             id=self.id,
             tenant=self.tenant,
@@ -175,8 +180,11 @@ class ExecutorService:
             waiting=self._waiting,
         )
 
-    async def create_session(self, tenant: str) -> SessionInfo:
+    async def create_session(
+        self, tenant: str, options: SessionOptions | None = None
+    ) -> SessionInfo:
         self._require_running()
+        options = self._checked(options or SessionOptions())
         if self._pool.at_capacity(tenant):
             # Expired sessions may still hold capacity until the next reaper pass.
             await self._reap_expired()
@@ -187,6 +195,11 @@ class ExecutorService:
             sandbox = await self._pool.acquire(tenant)
         finally:
             self._waiting -= 1
+        try:
+            await _limit_memory(sandbox, options.memory_limit_mb)
+        except BaseException:
+            await self._pool.release(tenant, sandbox)
+            raise
         now = time.time()
         session = _Session(
             id=f"cntr_{secrets.token_hex(16)}",
@@ -194,6 +207,8 @@ class ExecutorService:
             sandbox=sandbox,
             created_at=now,
             last_active_at=now,
+            idle_timeout=options.idle_timeout,
+            memory_limit_mb=options.memory_limit_mb,
         )
         if not self._running:
             # Shut down while the sandbox was starting.
@@ -288,6 +303,29 @@ class ExecutorService:
         sandbox = await self._usable_sandbox(session)
         return await sandbox.list_files()
 
+    def _checked(self, options: SessionOptions) -> SessionOptions:
+        """The options with what equals the defaults dropped; beyond the limits, refused."""
+        settings = self._settings
+        memory = options.memory_limit_mb
+        if memory == settings.memory_limit_mb:
+            memory = None
+        if memory is not None:
+            ceiling = max(settings.memory_limit_max_mb or 0, settings.memory_limit_mb)
+            if memory > ceiling:
+                raise InvalidRequest(
+                    f"memory_limit of {memory} MiB is above this executor's maximum of "
+                    f"{ceiling} MiB (CODEPROXY_MEMORY_LIMIT_MAX_MB).",
+                    param="memory_limit",
+                )
+        idle = options.idle_timeout
+        if idle is not None and idle > settings.session_idle_timeout_max:
+            raise InvalidRequest(
+                f"An idle timeout of {idle:g} seconds is above this executor's maximum of "
+                f"{settings.session_idle_timeout_max:g}.",
+                param="expires_after",
+            )
+        return SessionOptions(memory_limit_mb=memory, idle_timeout=idle)
+
     def _require_running(self) -> None:
         if not self._running:
             raise SandboxUnavailable("The executor is not running.")
@@ -322,7 +360,8 @@ class ExecutorService:
 
     def _expired(self, session: _Session, now: float) -> bool:
         idle = now - session.last_active_at
-        return not session.busy and idle >= self._settings.session_idle_timeout
+        limit = session.idle_timeout or self._settings.session_idle_timeout
+        return not session.busy and idle >= limit
 
     async def _live_sandbox(self, session: _Session) -> Sandbox:
         """The session's sandbox, replaced first if it died. Call with the lease held."""
@@ -336,6 +375,7 @@ class ExecutorService:
         logger.warning("session %s lost its sandbox; replacing it", session.id)
         session.state_lost = True
         session.sandbox = await self._pool.renew(dead)
+        await _limit_memory(session.sandbox, session.memory_limit_mb)
         return session.sandbox
 
     async def _usable_sandbox(self, session: _Session) -> Sandbox:
@@ -447,6 +487,18 @@ class ExecutorService:
                 await self._reap_expired()
             except Exception:
                 logger.exception("reaping idle sessions failed")
+
+
+async def _limit_memory(sandbox: Sandbox, memory_limit_mb: int | None) -> None:
+    """Give a session's sandbox its own memory cap, if it has one."""
+    if memory_limit_mb is None:
+        return
+    if not isinstance(sandbox, MemoryCapped):
+        raise InvalidRequest(
+            "This executor's sandboxes cannot have a memory limit of their own.",
+            param="memory_limit",
+        )
+    await sandbox.set_memory_limit(memory_limit_mb)
 
 
 async def _settle(task: asyncio.Task[RunOutcome]) -> None:

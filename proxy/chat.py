@@ -7,6 +7,7 @@ from typing import Any, NoReturn
 
 from executor.api import ExecutorError
 from proxy.coderunner import DATA, CodeRunner, SavedFile
+from proxy.containers import RESET_NOTE
 from proxy.conversations import Memory, cap, rebuild, recall, remember, visible
 from proxy.deps import Services, get_executor
 from proxy.engine import Engine, Turn
@@ -20,12 +21,6 @@ from proxy.model import OWNED, ChatCompletionsModel
 from proxy.renderers.chat import ChatCompletionJSON, ChatCompletionSSE, ChatView, json_mode
 from proxy.transcript import LinkRewriter, Transcript
 from storage.files import get_file
-
-RESET_NOTE = (
-    "Note: the sandbox this conversation used before has expired, so its Python state "
-    "(variables, imports) is gone; files it had saved in /mnt/data were put back. Re-run "
-    "earlier code if you need its results."
-)
 
 
 class FileLinks:

@@ -22,6 +22,7 @@ from executor.api import (
     SandboxFileNotFound,
     check_code,
 )
+from proxy.containers import ContainerSpec, record_file, register
 from proxy.deps import Services
 from proxy.errors import PayloadTooLargeError, QuotaExceededError
 from proxy.filestore import open_file, require_file, store_file
@@ -53,6 +54,8 @@ class SavedFile:
     filename: str
     bytes: int
     path: str | None = None  # where it lives in /mnt/data; None for displayed images
+    # The container file (`cfile_…`) it is in the container the code ran in.
+    container_file_id: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -133,9 +136,13 @@ class CodeRunner:
         self.tenant = tenant
         self.source = source
         self.session_id: str | None = None
+        # What a new container is made with, when one is needed.
+        self.spec = ContainerSpec()
         self.runs: list[Run] = []
-        # Input files to copy into the sandbox before the first run, by their /mnt/data name.
+        # Input files to copy into the sandbox before the first run, by their /mnt/data name,
+        # and who put them there first (`user`, or `assistant` for files put back).
         self._pending: dict[str, File] = {}
+        self._sources: dict[str, str] = {}
 
     async def attach(
         self,
@@ -143,11 +150,13 @@ class CodeRunner:
         session_id: str | None,
         file_ids: list[str],
         restore: dict[str, str] | None = None,
+        sources: dict[str, str] | None = None,
     ) -> None:
         """Check the named session and files belong to the tenant (404 otherwise).
 
         `restore` maps /mnt/data paths to files to put back there (a conversation's files,
-        when its old sandbox is gone); those that no longer exist are skipped.
+        when its old sandbox is gone); those that no longer exist are skipped. `sources` says
+        by path who first put them there (default: the code, `assistant`).
         """
         async with self.services.db() as db:
             rows = [
@@ -156,13 +165,16 @@ class CodeRunner:
             for path, file_id in (restore or {}).items():
                 row = await get_file(db, tenant=self.tenant, file_id=file_id)
                 if row is not None and path.startswith(DATA + "/"):
-                    self._pending[path[len(DATA) + 1 :]] = row
+                    name = path[len(DATA) + 1 :]
+                    self._pending[name] = row
+                    self._sources[name] = (sources or {}).get(path, "assistant")
         if session_id is not None:
             await self.executor.get_session(self.tenant, session_id)
             self.session_id = session_id
         for row in rows:
             name = row.filename if row.filename not in self._pending else f"{row.id}-{row.filename}"
             self._pending[name] = row
+            self._sources[name] = "user"
 
     @property
     def pending_files(self) -> list[tuple[str, int]]:
@@ -171,12 +183,22 @@ class CodeRunner:
     async def session(self) -> str:
         """The session to run in: the attached one, or a new one; input files copied in."""
         if self.session_id is None:
-            self.session_id = (await self.executor.create_session(self.tenant)).id
+            info = await self.executor.create_session(self.tenant, self.spec.options())
+            self.session_id = info.id
+            await register(self.services.db, self.tenant, info, self.spec)
         logs.session_id.set(self.session_id)
         while self._pending:
             name, row = next(iter(self._pending.items()))
             chunks = await open_file(self.services.blobs, row)
             await self.executor.upload_file(self.tenant, self.session_id, name, chunks)
+            await record_file(
+                self.services.db,
+                tenant=self.tenant,
+                container_id=self.session_id,
+                path=f"{DATA}/{name}",
+                row=row,
+                source=self._sources.pop(name, "user"),
+            )
             del self._pending[name]
         return self.session_id
 
@@ -197,7 +219,7 @@ class CodeRunner:
         run = Run(id=new_id("exec_"), code=code, language=result.language, result=result)
         await self._save_outputs(run)
         self.runs.append(run)
-        await self._record(run)
+        await self._audit(run)
         return run
 
     async def _save_outputs(self, run: Run) -> None:
@@ -227,7 +249,8 @@ class CodeRunner:
             row = await self._store(posixpath.basename(entry.path), chunks, budget, run, entry)
             if row is not None:
                 budget -= row.bytes
-                run.files.append(SavedFile(row.id, row.filename, row.bytes, entry.path))
+                cfile = await self._record(run, entry.path, row)
+                run.files.append(SavedFile(row.id, row.filename, row.bytes, entry.path, cfile))
         count -= len(run.files)
         for output in run.result.results:
             for mime, ext in IMAGE_TYPES.items():
@@ -240,9 +263,22 @@ class CodeRunner:
                     row = await self._store(name, _once(data), budget, run)
                     if row is not None:
                         budget -= row.bytes
-                        run.images.append(SavedFile(row.id, row.filename, row.bytes))
+                        # Shown, not saved: a container file all the same, as OpenAI makes one.
+                        cfile = await self._record(run, f"{DATA}/{row.filename}", row)
+                        run.images.append(SavedFile(row.id, row.filename, row.bytes, None, cfile))
                         count -= 1
                     break
+
+    async def _record(self, run: Run, path: str, row: File) -> str:
+        record = await record_file(
+            self.services.db,
+            tenant=self.tenant,
+            container_id=run.result.session_id,
+            path=path,
+            row=row,
+            source="assistant",
+        )
+        return record.id
 
     async def _store(
         self,
@@ -278,7 +314,7 @@ class CodeRunner:
         run.skipped.append(SkippedFile(path, entry.size if entry else 0, reason))
         return None
 
-    async def _record(self, run: Run) -> None:
+    async def _audit(self, run: Run) -> None:
         r = run.result
         status = "timeout" if r.timed_out else "error" if r.error or r.exit_code else "ok"
         keep = self.services.settings.execution_retention_days > 0

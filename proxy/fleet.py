@@ -32,6 +32,7 @@ from executor.api import (
     SandboxUnavailable,
     SessionInfo,
     SessionNotFound,
+    SessionOptions,
 )
 from executor.client import HttpExecutorClient
 from storage.models import ExecNode, SandboxSession
@@ -112,7 +113,9 @@ class Fleet:
             sessions=sum(h.sessions for h in healths),
         )
 
-    async def create_session(self, tenant: str) -> SessionInfo:
+    async def create_session(
+        self, tenant: str, options: SessionOptions | None = None
+    ) -> SessionInfo:
         async with self._db() as db:
             nodes = await live_nodes(db)
         if not nodes:
@@ -125,7 +128,7 @@ class Fleet:
         last_error: ExecutorError | None = None
         for node in nodes:
             try:
-                info = await self._client(node.url).create_session(tenant)
+                info = await self._client(node.url).create_session(tenant, options)
             except (CapacityExhausted, SandboxUnavailable) as exc:
                 last_error = exc
                 continue

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from executor.deps import ExecutorDep, TenantDep
 from executor.languages import parse_language
-from executor.models import CreateSessionRequest, SessionInfo
+from executor.models import CreateSessionRequest, SessionInfo, SessionOptions
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
@@ -16,10 +16,13 @@ async def create_session(
     executor: ExecutorDep, tenant: TenantDep, body: CreateSessionRequest | None = None
 ) -> SessionInfo:
     """Start a session on a sandbox (a warm one when the pool has one)."""
-    if body is not None and body.language is not None:
+    if body is None:
+        return await executor.create_session(tenant)
+    if body.language is not None:
         # Every sandbox runs every language; a name is only checked, to fail early.
         parse_language(body.language)
-    return await executor.create_session(tenant)
+    options = SessionOptions.model_validate(body.model_dump(exclude={"language"}))
+    return await executor.create_session(tenant, options)
 
 
 @router.get("")

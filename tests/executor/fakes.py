@@ -65,6 +65,8 @@ class FakeSandbox:
         self.interrupts = 0
         self.closes = 0
         self.died = False
+        # The memory caps the service set, in order (MiB).
+        self.memory_limits: list[int] = []
         self.running = asyncio.Event()
         self._closed_event = asyncio.Event()
 
@@ -79,6 +81,9 @@ class FakeSandbox:
     @property
     def closed(self) -> bool:
         return self.closes > 0
+
+    async def set_memory_limit(self, mb: int) -> None:
+        self.memory_limits.append(mb)
 
     def kill(self) -> None:
         """Simulate the sandbox dying on its own (OOM, crash)."""
