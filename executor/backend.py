@@ -1,7 +1,7 @@
 """The small protocol every sandbox backend implements (local bubblewrap, E2B)."""
 
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from executor.languages import Language
 from executor.models import FileEntry, RunOutcome
@@ -51,6 +51,15 @@ class Sandbox(Protocol):
 
     async def close(self) -> None:
         """Kill every process of the sandbox and remove everything it left on the host."""
+        ...
+
+
+@runtime_checkable
+class MemoryCapped(Protocol):
+    """A sandbox whose memory cap can be set after it started (to fit a session's options)."""
+
+    async def set_memory_limit(self, mb: int) -> None:
+        """Cap the sandbox's memory at `mb` MiB from now on, across kernel restarts."""
         ...
 
 

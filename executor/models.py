@@ -75,6 +75,11 @@ class SessionOptions(BaseModel):
     # The end user of the tenant's app the session is for: quotas and eviction then count
     # per end user (within the tenant's own quota) instead of per tenant alone.
     user: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
+    # The sandbox's memory cap in MiB, for the session's whole life (at most the service's
+    # `memory_limit_max_mb`); None: the service's `memory_limit_mb`.
+    memory_limit_mb: int | None = Field(default=None, ge=128)
+    # Seconds the session may stay idle before it ends; None: the service's default.
+    idle_timeout: float | None = Field(default=None, gt=0)
 
 
 class CreateSessionRequest(SessionOptions):

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from codeproxy import logs
 from executor.api import DATA_DIR, check_code, relative_data_path
-from executor.backend import Sandbox, SandboxBackend
+from executor.backend import MemoryCapped, Sandbox, SandboxBackend
 from executor.errors import (
     ExecutorError,
     FileTooLarge,
@@ -80,6 +80,9 @@ class _Session:
     files_seen: list[FileEntry] | None = None
     lease: asyncio.Lock = field(default_factory=asyncio.Lock)
     running: asyncio.Task[RunOutcome] | None = None
+    # Set by the session's options; None: the service's defaults.
+    idle_timeout: float | None = None
+    memory_limit_mb: int | None = None
 
     @property
     def busy(self) -> bool:
@@ -101,6 +104,7 @@ class _Session:
         self.last_active_at = time.time()
 
     def info(self, idle_timeout: float) -> SessionInfo:
+        idle_timeout = self.idle_timeout or idle_timeout
         return SessionInfo(
             id=self.id,
             tenant=self.tenant,
@@ -210,17 +214,24 @@ class ExecutorService:
     ) -> SessionInfo:
         """Start a session; waits in line (evicting idle sessions) while quotas are full."""
         self._require_running()
-        user = options.user if options is not None else None
-        claim = Claim(tenant, user)
+        options = self._checked(options or SessionOptions())
+        claim = Claim(tenant, options.user)
         sandbox = await self._pool.acquire(claim)
+        try:
+            await _limit_memory(sandbox, options.memory_limit_mb)
+        except BaseException:
+            await self._pool.release(claim, sandbox)
+            raise
         now = time.time()
         session = _Session(
             id=f"cntr_{secrets.token_hex(16)}",
             tenant=tenant,
-            user=user,
+            user=options.user,
             sandbox=sandbox,
             created_at=now,
             last_active_at=now,
+            idle_timeout=options.idle_timeout,
+            memory_limit_mb=options.memory_limit_mb,
         )
         if not self._running:
             # Shut down while the sandbox was starting.
@@ -319,6 +330,29 @@ class ExecutorService:
         sandbox = await self._usable_sandbox(session)
         return await sandbox.list_files()
 
+    def _checked(self, options: SessionOptions) -> SessionOptions:
+        """The options with what equals the defaults dropped; beyond the limits, refused."""
+        settings = self._settings
+        memory = options.memory_limit_mb
+        if memory == settings.memory_limit_mb:
+            memory = None
+        if memory is not None:
+            ceiling = max(settings.memory_limit_max_mb or 0, settings.memory_limit_mb)
+            if memory > ceiling:
+                raise InvalidRequest(
+                    f"memory_limit of {memory} MiB is above this executor's maximum of "
+                    f"{ceiling} MiB (CODEPROXY_MEMORY_LIMIT_MAX_MB).",
+                    param="memory_limit",
+                )
+        idle = options.idle_timeout
+        if idle is not None and idle > settings.session_idle_timeout_max:
+            raise InvalidRequest(
+                f"An idle timeout of {idle:g} seconds is above this executor's maximum of "
+                f"{settings.session_idle_timeout_max:g}.",
+                param="expires_after",
+            )
+        return options.model_copy(update={"memory_limit_mb": memory, "idle_timeout": idle})
+
     def _require_running(self) -> None:
         if not self._running:
             raise SandboxUnavailable("The executor is not running.")
@@ -356,10 +390,9 @@ class ExecutorService:
         self, session_id: str, error: type[SessionNotFound] = SessionNotFound
     ) -> SessionNotFound:
         if error is SessionExpired:
-            idle = self._settings.session_idle_timeout
             message = (
-                f"Session {session_id!r} expired after {idle:g} idle seconds and its sandbox "
-                "is gone. Create a new session."
+                f"Session {session_id!r} expired after idling and its sandbox is gone. Create "
+                "a new session."
             )
         elif error is SessionEvicted:
             message = (
@@ -372,7 +405,8 @@ class ExecutorService:
 
     def _expired(self, session: _Session, now: float) -> bool:
         idle = now - session.last_active_at
-        return not session.busy and idle >= self._settings.session_idle_timeout
+        limit = session.idle_timeout or self._settings.session_idle_timeout
+        return not session.busy and idle >= limit
 
     async def _live_sandbox(self, session: _Session) -> Sandbox:
         """The session's sandbox, replaced first if it died. Call with the lease held."""
@@ -386,6 +420,7 @@ class ExecutorService:
         logger.warning("session %s lost its sandbox; replacing it", session.id)
         session.state_lost = True
         session.sandbox = await self._pool.renew(dead)
+        await _limit_memory(session.sandbox, session.memory_limit_mb)
         return session.sandbox
 
     async def _usable_sandbox(self, session: _Session) -> Sandbox:
@@ -520,6 +555,18 @@ class ExecutorService:
                 await self._reap_expired()
             except Exception:
                 logger.exception("reaping idle sessions failed")
+
+
+async def _limit_memory(sandbox: Sandbox, memory_limit_mb: int | None) -> None:
+    """Give a session's sandbox its own memory cap, if it has one."""
+    if memory_limit_mb is None:
+        return
+    if not isinstance(sandbox, MemoryCapped):
+        raise InvalidRequest(
+            "This executor's sandboxes cannot have a memory limit of their own.",
+            param="memory_limit",
+        )
+    await sandbox.set_memory_limit(memory_limit_mb)
 
 
 async def _settle(task: asyncio.Task[RunOutcome]) -> None:

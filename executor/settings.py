@@ -89,6 +89,8 @@ class ExecutorSettings(BaseSettings):
     # so two per core keep the cores busy without slowing every start down.
     max_starting: int = Field(default_factory=lambda: 2 * (os.cpu_count() or 1), ge=1)
     session_idle_timeout: float = Field(default=1200.0, gt=0)
+    # The longest idle timeout a session may ask for.
+    session_idle_timeout_max: float = Field(default=86400.0, gt=0)
     reaper_interval: float = Field(default=15.0, gt=0)
 
     exec_timeout: float = Field(default=30.0, gt=0)
@@ -99,6 +101,8 @@ class ExecutorSettings(BaseSettings):
     max_code_bytes: int = Field(default=1 * MIB, ge=1024)
 
     memory_limit_mb: int = Field(default=1024, ge=128)
+    # The largest memory cap a session may ask for (None: memory_limit_mb, no raising).
+    memory_limit_max_mb: int | None = Field(default=None, ge=128)
     pids_limit: int = Field(default=256, ge=32)
     cpu_quota: float = Field(default=1.0, gt=0)
     tmp_size_mb: int = Field(default=256, ge=16)

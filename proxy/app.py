@@ -22,7 +22,16 @@ from proxy.errors import install_handlers, render_unexpected
 from proxy.fleet import Fleet
 from proxy.jsonutil import JSONResponse
 from proxy.metrics import CountedBlobStore, ProxyMetrics
-from proxy.routes import chat, code_interpreter, downloads, files, health, models
+from proxy.routes import (
+    chat,
+    code_interpreter,
+    containers,
+    downloads,
+    files,
+    health,
+    models,
+    responses,
+)
 from proxy.settings import Settings
 from proxy.upstream import Upstream
 from storage.blobs import open_blob_store
@@ -150,7 +159,7 @@ def create_app(
     )
     install_handlers(app)
     api = APIRouter()
-    for module in (chat, code_interpreter, downloads, files, models):
+    for module in (chat, code_interpreter, containers, downloads, files, models, responses):
         api.include_router(module.router)
     app.include_router(health.router)
     app.include_router(api, prefix="/v1")

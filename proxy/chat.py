@@ -7,6 +7,7 @@ from typing import Any, NoReturn
 
 from executor.api import ExecutorError
 from proxy.coderunner import DATA, CodeRunner, SavedFile
+from proxy.containers import reset_note
 from proxy.conversations import Memory, cap, rebuild, recall, remember, visible
 from proxy.deps import Services, get_executor
 from proxy.engine import Engine, Turn
@@ -21,21 +22,6 @@ from proxy.model import OWNED, ChatCompletionsModel
 from proxy.renderers.chat import ChatCompletionJSON, ChatCompletionSSE, ChatView, json_mode
 from proxy.transcript import LinkRewriter, Transcript
 from storage.files import get_file
-
-# Why the sandbox a conversation used before is gone, as the model is told.
-ENDED = {
-    "expired": "has expired after idling",
-    "evicted": "was evicted to make room for newer sessions",
-    "lost": "is gone",
-}
-
-
-def reset_note(ended: str) -> str:
-    return (
-        f"Note: the sandbox this conversation used before {ENDED[ended]}, so its Python "
-        "state (variables, imports) is gone; files it had saved in /mnt/data were put back. "
-        "Re-run earlier code if you need its results."
-    )
 
 
 class FileLinks:

@@ -27,6 +27,7 @@ from executor.api import (
     SessionOptions,
     check_code,
 )
+from proxy.containers import ContainerSpec, record_file, register
 from proxy.deps import Services
 from proxy.errors import PayloadTooLargeError, QuotaExceededError
 from proxy.filestore import open_file, require_file, store_file
@@ -58,6 +59,8 @@ class SavedFile:
     filename: str
     bytes: int
     path: str | None = None  # where it lives in /mnt/data; None for displayed images
+    # The container file (`cfile_…`) it is in the container the code ran in.
+    container_file_id: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -148,11 +151,16 @@ class CodeRunner:
         # The end user of the tenant's app, whose quota a new session counts against.
         self.user = user
         self.session_id: str | None = None
+        # What a new container is made with, when one is needed.
+        self.spec = ContainerSpec()
         self.runs: list[Run] = []
-        # Input files to copy into the sandbox before the first run, by their /mnt/data name.
+        # Input files to copy into the sandbox before the first run, by their /mnt/data name,
+        # and who put them there first (`user`, or `assistant` for files put back).
         self._pending: dict[str, File] = {}
-        # Files put into or saved from the session so far, to put back into a replacement.
-        self._known: dict[str, File] = {}
+        self._sources: dict[str, str] = {}
+        # Files put into or saved from the session so far (and who first put them there),
+        # to put back into a replacement.
+        self._known: dict[str, tuple[File, str]] = {}
         # Whether the session may be replaced if it ends between two runs: the client did not
         # name it, so it cares for the work, not for that sandbox.
         self._replaceable = False
@@ -165,22 +173,27 @@ class CodeRunner:
         session_id: str | None,
         file_ids: list[str],
         restore: dict[str, str] | None = None,
+        sources: dict[str, str] | None = None,
         replaceable: bool = False,
         conversation_files: dict[str, str] | None = None,
     ) -> None:
         """Check the named session and files belong to the tenant (404 otherwise).
 
         `restore` maps /mnt/data paths to files to put back there (a conversation's files,
-        when its old sandbox is gone); those that no longer exist are skipped. A
-        `replaceable` session (a conversation's, not one the client named) is replaced by a
-        new one if it ends between two runs, with `conversation_files` (mapped likewise) and
-        the turn's own files put back.
+        when its old sandbox is gone); those that no longer exist are skipped. `sources` says
+        by path who first put them there (default: the code, `assistant`). A `replaceable`
+        session (a conversation's, not one the client named) is replaced by a new one if it
+        ends between two runs, with `conversation_files` (mapped likewise) and the turn's own
+        files put back.
         """
         async with self.services.db() as db:
             rows = [
                 await require_file(db, tenant=self.tenant, file_id=file_id) for file_id in file_ids
             ]
-            self._pending.update(await self._files_at(db, restore or {}))
+            restored = await self._files_at(db, restore or {})
+            self._pending.update(restored)
+            for name in restored:
+                self._sources[name] = (sources or {}).get(f"{DATA}/{name}", "assistant")
         self._conversation_files = conversation_files or {}
         if session_id is not None:
             await self.executor.get_session(self.tenant, session_id)
@@ -189,6 +202,7 @@ class CodeRunner:
         for row in rows:
             name = row.filename if row.filename not in self._pending else f"{row.id}-{row.filename}"
             self._pending[name] = row
+            self._sources[name] = "user"
 
     async def _files_at(self, db: AsyncSession, paths: dict[str, str]) -> dict[str, File]:
         """The tenant's files that still exist, by their name under /mnt/data."""
@@ -206,15 +220,28 @@ class CodeRunner:
     async def session(self) -> str:
         """The session to run in: the attached one, or a new one; input files copied in."""
         if self.session_id is None:
-            options = SessionOptions(user=self.user)
-            self.session_id = (await self.executor.create_session(self.tenant, options)).id
+            options = (self.spec.options() or SessionOptions()).model_copy(
+                update={"user": self.user}
+            )
+            info = await self.executor.create_session(self.tenant, options)
+            self.session_id = info.id
             self._replaceable = True
+            await register(self.services.db, self.tenant, info, self.spec)
         logs.session_id.set(self.session_id)
         while self._pending:
             name, row = next(iter(self._pending.items()))
             chunks = await open_file(self.services.blobs, row)
             await self.executor.upload_file(self.tenant, self.session_id, name, chunks)
-            self._known[name] = self._pending.pop(name)
+            source = self._sources.pop(name, "user")
+            await record_file(
+                self.services.db,
+                tenant=self.tenant,
+                container_id=self.session_id,
+                path=f"{DATA}/{name}",
+                row=row,
+                source=source,
+            )
+            self._known[name] = (self._pending.pop(name), source)
         return self.session_id
 
     async def run(self, code: str, language: str, *, timeout: float | None = None) -> Run:
@@ -238,14 +265,20 @@ class CodeRunner:
                 self.session_id = None
                 async with self.services.db() as db:
                     earlier = await self._files_at(db, self._conversation_files)
-                self._pending = {**earlier, **self._known, **self._pending}
+                known = {name: row for name, (row, _) in self._known.items()}
+                self._sources = {
+                    **dict.fromkeys(earlier, "assistant"),
+                    **{name: source for name, (_, source) in self._known.items()},
+                    **self._sources,
+                }
+                self._pending = {**earlier, **known, **self._pending}
                 request.session_id = await self.session()
                 result = await self.executor.execute(self.tenant, request)
                 result.state_lost = True
         run = Run(id=new_id("exec_"), code=code, language=result.language, result=result)
         await self._save_outputs(run)
         self.runs.append(run)
-        await self._record(run)
+        await self._audit(run)
         return run
 
     async def _save_outputs(self, run: Run) -> None:
@@ -275,9 +308,10 @@ class CodeRunner:
             row = await self._store(posixpath.basename(entry.path), chunks, budget, run, entry)
             if row is not None:
                 budget -= row.bytes
-                run.files.append(SavedFile(row.id, row.filename, row.bytes, entry.path))
+                cfile = await self._record(run, entry.path, row)
+                run.files.append(SavedFile(row.id, row.filename, row.bytes, entry.path, cfile))
                 if entry.path.startswith(DATA + "/"):
-                    self._known[entry.path[len(DATA) + 1 :]] = row
+                    self._known[entry.path[len(DATA) + 1 :]] = (row, "assistant")
         count -= len(run.files)
         for output in run.result.results:
             for mime, ext in IMAGE_TYPES.items():
@@ -290,9 +324,22 @@ class CodeRunner:
                     row = await self._store(name, _once(data), budget, run)
                     if row is not None:
                         budget -= row.bytes
-                        run.images.append(SavedFile(row.id, row.filename, row.bytes))
+                        # Shown, not saved: a container file all the same, as OpenAI makes one.
+                        cfile = await self._record(run, f"{DATA}/{row.filename}", row)
+                        run.images.append(SavedFile(row.id, row.filename, row.bytes, None, cfile))
                         count -= 1
                     break
+
+    async def _record(self, run: Run, path: str, row: File) -> str:
+        record = await record_file(
+            self.services.db,
+            tenant=self.tenant,
+            container_id=run.result.session_id,
+            path=path,
+            row=row,
+            source="assistant",
+        )
+        return record.id
 
     async def _store(
         self,
@@ -328,7 +375,7 @@ class CodeRunner:
         run.skipped.append(SkippedFile(path, entry.size if entry else 0, reason))
         return None
 
-    async def _record(self, run: Run) -> None:
+    async def _audit(self, run: Run) -> None:
         r = run.result
         status = "timeout" if r.timed_out else "error" if r.error or r.exit_code else "ok"
         keep = self.services.settings.execution_retention_days > 0

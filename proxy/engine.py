@@ -88,6 +88,8 @@ class Turn:
     stream_options: dict[str, Any] | None = None
     # Said to the model after the interpreter's own system note (e.g. that state was lost).
     note: str = ""
+    # Offer the interpreter; without it the engine only relays the model and its function calls.
+    interpreter: bool = True
 
 
 class Engine:
@@ -98,8 +100,11 @@ class Engine:
         self.model = model
         self.runner = runner
         self.turn = turn
-        system = system_note(runner.pending_files) + (f"\n{turn.note}" if turn.note else "")
-        self.messages = add_system_note(turn.messages, system)
+        if turn.interpreter:
+            system = system_note(runner.pending_files) + (f"\n{turn.note}" if turn.note else "")
+            self.messages = add_system_note(turn.messages, system)
+        else:
+            self.messages = list(turn.messages)
         self._turn_start = len(self.messages)
         self.usage: dict[str, Any] = {}
         self._heartbeat = settings.keepalive_interval if turn.stream else None
@@ -131,7 +136,7 @@ class Engine:
                 if reply is None:
                     raise AssertionError("the model ended without a reply")
                 add_usage(self.usage, reply.usage)
-                ours, theirs = split_calls(reply.tool_calls)
+                ours, theirs = split_calls(reply.tool_calls, self.turn.interpreter)
                 final = not ours or last_round
                 yield MessageDone(
                     round_no,
@@ -180,7 +185,7 @@ class Engine:
 
     def _request(self, round_no: int, last_round: bool) -> ModelRequest:
         turn = self.turn
-        tools = turn.client_tools + ([] if last_round else [TOOL])
+        tools = turn.client_tools + ([TOOL] if turn.interpreter and not last_round else [])
         return ModelRequest(
             options=turn.options,
             messages=self.messages,
@@ -276,12 +281,12 @@ class Engine:
 
 
 def split_calls(
-    calls: list[dict[str, Any]] | None,
+    calls: list[dict[str, Any]] | None, interpreter: bool = True
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(calls of the interpreter, calls of the client's functions)."""
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
     for call in calls or []:
         name = (call.get("function") or {}).get("name")
-        (ours if name == TOOL_NAME else theirs).append(call)
+        (ours if interpreter and name == TOOL_NAME else theirs).append(call)
     return ours, theirs

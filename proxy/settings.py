@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     )
     upstream_timeout: float = Field(default=600.0, gt=0)
     upstream_connect_timeout: float = Field(default=10.0, gt=0)
+    # How Responses requests reach the model: the upstream's own /responses, its chat
+    # completions, or `auto` (the first tries /responses and the answer is remembered).
+    upstream_responses: Literal["auto", "native", "chat"] = "auto"
 
     data_dir: Path = Path("./data")
     database_url: str | None = None

@@ -36,6 +36,9 @@ class Upstream:
     def __init__(self, settings: Settings, metrics: ProxyMetrics) -> None:
         self._metrics = metrics
         self._base = settings.upstream_base_url.rstrip("/") + "/"
+        # Whether the upstream serves `/responses` itself: unknown until a Responses request
+        # finds out (see proxy/native.py), then remembered.
+        self.serves_responses: bool | None = None
         headers = {"content-type": "application/json"}
         if settings.upstream_api_key is not None:
             headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"

@@ -142,3 +142,57 @@ class SandboxSession(SQLModel, table=True):
     # When the node would expire it if left idle; each use pushes it back by `idle_seconds`.
     expires_at: float = Field(index=True)
     idle_seconds: float
+
+
+class Container(SQLModel, table=True):
+    """A container: an executor session as the Containers API shows it, with what must
+    outlive the session (its name, its options) so any API process can show and resume it."""
+
+    __tablename__ = "containers"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, index=True)  # the executor session's id, `cntr_…`
+    tenant: str = Field(index=True)
+    name: str = ""
+    created_at: int
+    last_active_at: int
+    # Minutes idle before it expires, as the executor reported them at creation.
+    expires_after_minutes: int
+    # As asked (`1g`, `4g`, …); None: the executor's default cap.
+    memory_limit: str | None = None
+
+
+class ContainerFile(SQLModel, table=True):
+    """A file in a container's /mnt/data; its bytes are a tenant file (`file_id`), so they
+    can be downloaded, and put back in a new container, after the container has expired."""
+
+    __tablename__ = "container_files"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, index=True)  # `cfile_…`
+    container_id: str = Field(index=True)
+    tenant: str = Field(index=True)
+    path: str
+    bytes: int
+    source: str  # `user` (uploaded or given) or `assistant` (written or shown by the code)
+    file_id: str
+    created_at: int
+
+
+class StoredResponse(SQLModel, table=True):
+    """A response of the Responses API (`store`), owned by a tenant."""
+
+    __tablename__ = "responses"
+
+    id: str = Field(primary_key=True)  # `resp_…`
+    tenant: str = Field(index=True)
+    created_at: int
+    # JSON: the `response` object with every output (outputs are left out on reading when
+    # `include` does not ask for them).
+    body: str
+    # JSON: this request's input items, with their ids.
+    input_items: str
+    # JSON: the conversation as the upstream saw it, through this response's answer (chat
+    # messages, the hidden code steps included, `instructions` not), for `previous_response_id`.
+    conversation: str
+    container_id: str | None = None

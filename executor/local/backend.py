@@ -191,9 +191,11 @@ class LocalBackend:
 
     def _rlimits(self, without_cgroups: bool) -> tuple[tuple[int, int], ...]:
         settings = self.settings
+        # Sized for the largest cap a session may ask for: the cgroup is what caps memory.
+        memory_mb = max(settings.memory_limit_mb, settings.memory_limit_max_mb or 0)
         limits = [
             (resource.RLIMIT_CORE, 0),
-            (resource.RLIMIT_AS, max(2 * settings.memory_limit_mb * MIB, MIN_ADDRESS_SPACE)),
+            (resource.RLIMIT_AS, max(2 * memory_mb * MIB, MIN_ADDRESS_SPACE)),
         ]
         if without_cgroups:
             biggest = max(settings.tmp_size_mb, settings.data_size_mb) * MIB

@@ -88,6 +88,23 @@ class SandboxCgroup:
             return _read_key(self.dirs[0] / "memory.events", "oom_kill")
         return _read_key(self.dirs[0] / "memory.oom_control", "oom_kill")
 
+    def set_memory(self, memory_bytes: int) -> None:
+        """Change the memory cap (swap still off). Below what is in use, the kernel reclaims
+        or OOM-kills, as for any cgroup."""
+        d = self.dirs[0]
+        if self.v2:
+            _write(d / "memory.max", str(memory_bytes))
+            return
+        # v1 wants memsw >= limit at every moment: raise memsw first, lower it last.
+        memsw = d / "memory.memsw.limit_in_bytes"
+        has_memsw = memsw.exists()
+        raising = memory_bytes > int((d / "memory.limit_in_bytes").read_text())
+        if has_memsw and raising:
+            _write(memsw, str(memory_bytes))
+        _write(d / "memory.limit_in_bytes", str(memory_bytes))
+        if has_memsw and not raising:
+            _write(memsw, str(memory_bytes))
+
     def memory_usage(self) -> int:
         """Bytes charged to the cgroup, page cache and tmpfs included."""
         name = "memory.current" if self.v2 else "memory.usage_in_bytes"

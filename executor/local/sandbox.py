@@ -98,6 +98,7 @@ class LocalSandbox:
         self._closed = False
         self._dead = False
         self._closing: asyncio.Task[None] | None = None
+        self._memory_limit_mb = self._settings.memory_limit_mb
 
     @property
     def id(self) -> str:
@@ -469,7 +470,7 @@ class LocalSandbox:
             await self._recover(self._restart())
             state_lost = True
         if ending == "died":
-            error = died_error(oom, self._settings.memory_limit_mb)
+            error = died_error(oom, self._memory_limit_mb)
         elif cell.timed_out:
             error = timeout_error(timeout, state_lost)
         elif cell.flooded:
@@ -548,7 +549,7 @@ class LocalSandbox:
         elif not compiled and rc != 0:
             error = compile_error(result.stderr.text())
         elif rc != 0 and self._oom_kills() > oom_before:
-            error = oom_killed_error(self._settings.memory_limit_mb)
+            error = oom_killed_error(self._memory_limit_mb)
         return RunOutcome(
             stdout=result.stdout.text(),
             stderr=result.stderr.text(),
@@ -558,6 +559,13 @@ class LocalSandbox:
             exit_code=exit_code,
             timed_out=result.timed_out,
         )
+
+    async def set_memory_limit(self, mb: int) -> None:
+        """See executor.backend.MemoryCapped. Without cgroups there is no cap to change:
+        memory is then bounded per process only (see LocalBackend._rlimits)."""
+        if self._cgroup is not None:
+            await asyncio.to_thread(self._cgroup.set_memory, mb * MIB)
+        self._memory_limit_mb = mb
 
     async def interrupt(self) -> None:
         """Interrupt the running Python cell (as a Jupyter interrupt would)."""

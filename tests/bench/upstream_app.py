@@ -2,7 +2,8 @@
 
 Answers every chat completion at once: with a `print(1)` code-interpreter call when the
 request offers that tool and the conversation has no tool result yet, else with text; as
-`chat.completion.chunk` SSE when the request streams.
+`chat.completion.chunk` SSE when the request streams. It has no `/responses`: a 404, as from
+any chat-only upstream.
 """
 
 import json
@@ -79,8 +80,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    answer, kind = TEXT_BYTES, b"application/json"
-    if body:
+    answer, kind, status = TEXT_BYTES, b"application/json", 200
+    if scope["path"].endswith("/responses"):
+        answer, status = (
+            b'{"error": {"message": "Not found", "type": "invalid_request_error"}}',
+            404,
+        )
+    elif body:
         request = json.loads(body)
         offers_code = any(
             (t.get("function") or {}).get("name") == "code_interpreter"
@@ -94,7 +100,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": 200,
+            "status": status,
             "headers": [
                 (b"content-type", kind),
                 (b"content-length", str(len(answer)).encode()),

@@ -61,3 +61,20 @@ def test_analyze_csv_streamed(stack: Stack, tmp_path: Path) -> None:
     assert "```python\nimport pandas as pd" in out
     assert "{'north': 567, 'south': 415}" in out
     assert "sandbox:" not in out and "/download/revenue.png?expires=" in out
+
+
+def test_responses_csv(stack: Stack, tmp_path: Path) -> None:
+    stack.upstream.push(
+        completion(tool_calls=[code_call(TOTALS)]),
+        completion("North: 567, south: 415."),
+        completion(tool_calls=[code_call(PLOT)]),
+        completion("Here is the chart: [revenue.png](sandbox:/mnt/data/revenue.png)"),
+    )
+    out = run_example(stack, "responses_csv.py", tmp_path)
+    assert "North: 567, south: 415." in out
+    assert "[logs] {'north': 567, 'south': 415}" in out
+    assert "Here is the chart: [revenue.png](sandbox:/mnt/data/revenue.png)" in out
+    assert "saved revenue.png" in out
+    assert (tmp_path / "revenue.png").read_bytes().startswith(b"\x89PNG")
+    # The second turn ran in the first turn's kernel: `df` was still there.
+    assert "Error" not in stack.upstream.requests[3]["messages"][-1]["content"]

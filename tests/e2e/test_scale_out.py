@@ -22,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.chat import reset_note
+from proxy.containers import reset_note
 from tests.e2e.conftest import REPO
 from tests.e2e.test_two_services import TOKEN, free_port
 from tests.postgres import Cluster

@@ -138,6 +138,23 @@ def test_proxy_and_executor_as_two_processes(
                 headers={"authorization": f"Bearer {KEY_A}"},
             ).json()
             assert ran["output"] == out
+        # A container's options reach the executor over the internal API.
+        box = client.containers.create(
+            name="split", expires_after={"anchor": "last_active_at", "minutes": 3}
+        )
+        seen = httpx.get(
+            f"{url}/v1/code_interpreter/sessions/{box.id}",
+            headers={"authorization": f"Bearer {KEY_A}"},
+        ).json()
+        assert seen["expires_at"] - seen["last_active_at"] == 180
+        upstream.push(completion(tool_calls=[code_call("print(7 * 6)")]), completion("42."))
+        response = client.responses.create(
+            model="gpt-test",
+            input="7 * 6?",
+            tools=[{"type": "code_interpreter", "container": box.id}],
+            include=["code_interpreter_call.outputs"],
+        )
+        assert response.output[0].outputs[0].logs == "42"  # type: ignore[union-attr,index]
 
 
 def test_wrong_internal_token_is_refused(

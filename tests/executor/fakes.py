@@ -70,6 +70,8 @@ class FakeSandbox:
         # Runs in progress now, and the most there ever were at once.
         self.active = 0
         self.max_active = 0
+        # The memory caps the service set, in order (MiB).
+        self.memory_limits: list[int] = []
         self.running = asyncio.Event()
         self._closed_event = asyncio.Event()
 
@@ -84,6 +86,9 @@ class FakeSandbox:
     @property
     def closed(self) -> bool:
         return self.closes > 0
+
+    async def set_memory_limit(self, mb: int) -> None:
+        self.memory_limits.append(mb)
 
     def kill(self) -> None:
         """Simulate the sandbox dying on its own (OOM, crash)."""

@@ -469,3 +469,18 @@ def test_outputs_pair_displayed_images_with_their_files() -> None:
         Image("file-a", "image_1.png", "image/png", png),
         Image("file-b", "image_2.jpg", "image/jpeg", jpeg),
     ]
+
+
+async def test_without_the_interpreter_calls_of_its_name_are_the_clients(rig: Rig) -> None:
+    """A surface may turn the interpreter off (a Responses request without the tool): no tool,
+    no system note, and a call the model makes anyway is handed back, never run."""
+    rig.upstream.push(completion(tool_calls=[code_call("print(1)", call_id="call_x")]))
+    events = await collect(rig.engine(interpreter=False, client_tools=[WEATHER]))
+    assert kinds(events) == ["RoundStarted", "MessageDone", "ClientCall", "Done"]
+    [call] = only(events, ClientCall)
+    assert (call.call_id, call.name) == ("call_x", "code_interpreter")
+    assert only(events, Done)[0].finish_reason == "tool_calls"
+    [sent] = rig.upstream.requests
+    assert sent["messages"] == USER
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+    assert rig.backend.sandboxes == []
