@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 # How many ended sessions are remembered, to tell their owner why one is gone.
 ENDED_MEMORY = 10_000
+# A session no code has run in yet is its creator's for this long after its last use, so
+# that a waiting request cannot take it over between its creation and its first run.
+FRESH_SECONDS = 10.0
 
 
 def make_backend(settings: ExecutorSettings) -> SandboxBackend:
@@ -72,6 +75,8 @@ class _Session:
     last_active_at: float
     user: str | None = None
     executions: int = 0
+    # Whether code was ever sent to run in it (see FRESH_SECONDS).
+    ran: bool = False
     deleted: bool = False
     # Set when the sandbox was replaced, so the next execution reports the lost state.
     state_lost: bool = False
@@ -146,6 +151,7 @@ class ExecutorService:
         self._ended: OrderedDict[str, tuple[str, type[SessionNotFound]]] = OrderedDict()
         self._evictions = 0
         self._expiries = 0
+        self._wake_timer: asyncio.TimerHandle | None = None
         self._node_id = node_id(settings.node_id, settings.port)
         self._boot_id = new_boot_id()
         self.metrics.watch_pool(self._pool_state)
@@ -171,6 +177,8 @@ class ExecutorService:
             return
         self._closed = True
         self._running = False
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
@@ -272,6 +280,7 @@ class ExecutorService:
                 if session.deleted:
                     raise self._gone(session.id)
                 session.touch()
+                session.ran = True
                 try:
                     sandbox = await self._live_sandbox(session)
                     before = session.files_seen
@@ -504,13 +513,26 @@ class ExecutorService:
 
         Within a user's or tenant's quota the waiter competes only with itself: its oldest
         conversation loses its sandbox rather than its newest request failing. Busy sessions
-        are never taken.
+        and fresh ones (see FRESH_SECONDS) are never taken.
         """
-        idle = [s for s in self._sessions.values() if not s.busy and s.counts_in(claim, quota)]
+        now = time.time()
+        idle: list[_Session] = []
+        fresh_until: float | None = None
+        for s in self._sessions.values():
+            if s.busy or not s.counts_in(claim, quota):
+                continue
+            if not s.ran and not self._expired(s, now) and now - s.last_active_at < FRESH_SECONDS:
+                until = s.last_active_at + FRESH_SECONDS
+                fresh_until = until if fresh_until is None else min(fresh_until, until)
+            else:
+                idle.append(s)
+        if fresh_until is not None:
+            # Once it is no longer fresh the waiter may take it over: look again then.
+            self._wake_later(fresh_until - now)
         if not idle:
             return False
         oldest = min(idle, key=lambda s: s.last_active_at)
-        if self._expired(oldest, time.time()):
+        if self._expired(oldest, now):
             self._end(oldest, SessionExpired)
         else:
             self._end(oldest, SessionEvicted)
@@ -525,6 +547,19 @@ class ExecutorService:
         sandbox, oldest.sandbox = oldest.sandbox, None
         self._pool.release_later(oldest.claim, sandbox)
         return True
+
+    def _wake_later(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay, 0.0)
+        if self._wake_timer is not None and self._wake_timer.when() <= when:
+            return
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+        self._wake_timer = loop.call_at(when, self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._wake_timer = None
+        self._pool.wake()
 
     def _end(self, session: _Session, error: type[SessionNotFound]) -> None:
         """Forget a session that ended on its own, remembering why for its owner."""

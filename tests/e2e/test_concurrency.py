@@ -111,8 +111,10 @@ def test_a_turn_whose_session_is_taken_over_between_runs_goes_on_in_a_new_one(
     def take_over(body: dict[str, Any]) -> dict[str, Any]:
         # Between the turn's two runs another request of the tenant needs a sandbox: the
         # turn's idle session is the one it takes over.
-        created = httpx.post(f"{stack.url}/v1/code_interpreter/sessions", json={}, headers=headers)
-        assert created.status_code == 200, created.text
+        ran = httpx.post(
+            f"{stack.url}/v1/code_interpreter/run", json={"code": "1"}, headers=headers, timeout=60
+        )
+        assert ran.status_code == 200, ran.text
         return completion(tool_calls=[code_call("print(open('/mnt/data/keep.txt').read())\nx")])
 
     stack.upstream.push(
@@ -139,8 +141,10 @@ def test_a_conversation_taken_over_mid_turn_gets_its_earlier_files_back(make_sta
     headers = {"authorization": f"Bearer {KEY_A}"}
 
     def take_over(body: dict[str, Any]) -> dict[str, Any]:
-        created = httpx.post(f"{stack.url}/v1/code_interpreter/sessions", json={}, headers=headers)
-        assert created.status_code == 200, created.text
+        ran = httpx.post(
+            f"{stack.url}/v1/code_interpreter/run", json={"code": "1"}, headers=headers, timeout=60
+        )
+        assert ran.status_code == 200, ran.text
         return completion(tool_calls=[code_call("print(open('/mnt/data/early.txt').read())")])
 
     stack.upstream.push(

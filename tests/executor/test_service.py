@@ -90,6 +90,15 @@ async def stop(run: asyncio.Task[Any]) -> None:
         await run
 
 
+async def used(
+    service: ExecutorService, tenant: str, options: SessionOptions | None = None
+) -> SessionInfo:
+    """A new session that has run code (so that it is no longer fresh)."""
+    info = await service.create_session(tenant, options)
+    await service.execute(tenant, req(info.id, "pass"))
+    return info
+
+
 def ran_in(sandbox: FakeSandbox) -> list[str]:
     return [r.code for r in sandbox.runs]
 
@@ -304,8 +313,8 @@ async def test_an_end_user_at_its_limit_gives_up_only_its_own_sessions(
 ) -> None:
     service = await make_service(max_sandboxes_per_user=1, acquire_timeout=0)
     alice, bob = SessionOptions(user="alice"), SessionOptions(user="bob")
-    bobs = await service.create_session("app", bob)  # idle longest of the tenant
-    alices = await service.create_session("app", alice)
+    bobs = await used(service, "app", bob)  # idle longest of the tenant
+    alices = await used(service, "app", alice)
     again = await service.create_session("app", alice)
     assert again.user == "alice"
     with pytest.raises(SessionEvicted):
@@ -323,14 +332,27 @@ async def test_a_full_service_takes_over_the_longest_idle_session_of_anyone(
     make_service: Factory,
 ) -> None:
     service = await make_service(max_sandboxes=2, acquire_timeout=HANG)
-    older = await service.create_session("a")
-    newer = await service.create_session("b")
-    await service.execute("b", req(newer.id, "pass"))
+    older = await used(service, "a")
+    newer = await used(service, "b")
     await service.create_session("c")
     with pytest.raises(SessionEvicted):
         await service.get_session("a", older.id)
     assert (await service.get_session("b", newer.id)).status == "active"
     assert (await health(service)).sessions == 2
+
+
+async def test_a_session_that_has_not_run_yet_is_not_taken_over(make_service: Factory) -> None:
+    # Between its creation and its first run a session is idle: a waiting request must not
+    # take it from its creator in that moment.
+    service = await make_service(max_sandboxes_per_tenant=1, acquire_timeout=0.1)
+    fresh = await service.create_session("a")
+    with pytest.raises(QuotaExceeded):
+        await service.create_session("a")
+    assert (await service.execute("a", req(fresh.id, "print('mine')"))).stdout == "mine\n"
+    # Once it has run code, it can be taken over when it is idle.
+    await service.create_session("a")
+    with pytest.raises(SessionEvicted):
+        await service.get_session("a", fresh.id)
 
 
 # Sessions
@@ -366,7 +388,7 @@ async def test_another_tenants_session_is_not_found(make_service: Factory) -> No
 
 async def test_why_a_session_ended_is_told_to_its_owner_only(make_service: Factory) -> None:
     service = await make_service(max_sandboxes_per_tenant=1, acquire_timeout=0)
-    evicted = await service.create_session("a")
+    evicted = await used(service, "a")
     await service.create_session("a")
     with pytest.raises(SessionEvicted):
         await service.execute("a", req(evicted.id, "pass"))
