@@ -11,6 +11,8 @@ from fastapi import APIRouter, FastAPI
 
 from codeproxy.web import RequestIdMiddleware
 from executor.api import Executor
+from proxy import assistants
+from proxy.assistants.manager import RunManager
 from proxy.auth import Authenticator
 from proxy.deps import Services
 from proxy.errors import install_handlers, render_unexpected
@@ -88,6 +90,8 @@ def create_app(
             signing_key=signing_key,
         )
         sweeper = asyncio.create_task(_housekeeping(app.state.services))
+        app.state.runs = RunManager(app.state.services)
+        await app.state.runs.start()
         # Everything built so far lives as long as the app: keep it out of the collector's
         # full passes, which would otherwise stall requests by tens of milliseconds.
         gc.freeze()
@@ -95,6 +99,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.runs.stop()
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -117,6 +122,7 @@ def create_app(
     api = APIRouter()
     for module in (chat, code_interpreter, downloads, files, models):
         api.include_router(module.router)
+    api.include_router(assistants.router)
     app.include_router(health.router)
     app.include_router(api, prefix="/v1")
     # Clients whose base URL lacks /v1 reach the same routes.

@@ -88,6 +88,10 @@ class Turn:
     stream_options: dict[str, Any] | None = None
     # Said to the model after the interpreter's own system note (e.g. that state was lost).
     note: str = ""
+    # Offer the interpreter. Off, the turn is the model with the client's functions alone
+    # (an assistant without the code interpreter): no interpreter tool, no system note of it,
+    # and every call the model makes is handed back.
+    interpreter: bool = True
 
 
 class Engine:
@@ -98,8 +102,10 @@ class Engine:
         self.model = model
         self.runner = runner
         self.turn = turn
-        system = system_note(runner.pending_files) + (f"\n{turn.note}" if turn.note else "")
-        self.messages = add_system_note(turn.messages, system)
+        system = "\n".join(
+            ([system_note(runner.pending_files)] if turn.interpreter else []) + [turn.note]
+        ).strip()
+        self.messages = add_system_note(turn.messages, system) if system else list(turn.messages)
         self._turn_start = len(self.messages)
         self.usage: dict[str, Any] = {}
         self._heartbeat = settings.keepalive_interval if turn.stream else None
@@ -132,6 +138,8 @@ class Engine:
                     raise AssertionError("the model ended without a reply")
                 add_usage(self.usage, reply.usage)
                 ours, theirs = split_calls(reply.tool_calls)
+                if not self.turn.interpreter:
+                    ours, theirs = [], ours + theirs
                 final = not ours or last_round
                 yield MessageDone(
                     round_no,
@@ -180,7 +188,7 @@ class Engine:
 
     def _request(self, round_no: int, last_round: bool) -> ModelRequest:
         turn = self.turn
-        tools = turn.client_tools + ([] if last_round else [TOOL])
+        tools = turn.client_tools + ([] if last_round or not turn.interpreter else [TOOL])
         return ModelRequest(
             options=turn.options,
             messages=self.messages,

@@ -1,0 +1,338 @@
+"""Driving one run: the thread's sandbox, the engine, the renderer, storage and the stream.
+
+A driver runs in a background task of the process that created (or resumed) the run. It
+prepares the thread's sandbox — the same session as the thread's earlier runs while it lives;
+a new one with the thread's files put back, and the model told its variables are gone, once
+it has expired — builds the upstream context, and folds the engine's events with the run
+renderer. Every change of state is stored before its frames go to the streams that follow the
+run, so a client that sees `requires_action` can submit tool outputs at once, and any process
+can answer a GET. It stops at `requires_action`, at the end of the run, when a token limit is
+reached, or when it is cancelled (by a client, or by the shutdown of the service).
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from executor.api import Executor, SessionNotFound
+from proxy.assistants.context import attachment_files, thread_context
+from proxy.assistants.objects import TERMINAL
+from proxy.assistants.store import SHUTDOWN, dump, new_row, public, save
+from proxy.chat import RESET_NOTE
+from proxy.coderunner import DATA, CodeRunner
+from proxy.deps import Services
+from proxy.engine import Engine, Turn
+from proxy.errors import APIError, translate
+from proxy.events import ClientCall, Done, Event, Failed, MessageDone
+from proxy.jsonutil import dumps, loads
+from proxy.model import ChatCompletionsModel, add_usage
+from proxy.renderers.assistants import RunRenderer
+from storage.assistants import get_object, release_thread, update_thread_sandbox
+from storage.files import get_file
+from storage.models import Assistant, Thread, ThreadRun
+
+logger = logging.getLogger(__name__)
+
+# Run fields passed to the upstream as they are, when set.
+OPTIONS = ("temperature", "top_p", "reasoning_effort", "max_completion_tokens")
+
+
+class Feed:
+    """The frames of a run driven by this process, for the streams that follow it."""
+
+    def __init__(self) -> None:
+        self._queues: list[asyncio.Queue[list[bytes] | None]] = []
+        self.closed = False
+
+    def subscribe(self) -> "asyncio.Queue[list[bytes] | None]":
+        queue: asyncio.Queue[list[bytes] | None] = asyncio.Queue()
+        if self.closed:
+            queue.put_nowait(None)
+        self._queues.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: "asyncio.Queue[list[bytes] | None]") -> None:
+        with contextlib.suppress(ValueError):
+            self._queues.remove(queue)
+
+    def publish(self, frames: list[bytes]) -> None:
+        if frames:
+            for queue in self._queues:
+                queue.put_nowait(frames)
+
+    def close(self) -> None:
+        self.closed = True
+        for queue in self._queues:
+            queue.put_nowait(None)
+
+
+@dataclass
+class Sandbox:
+    """The thread's sandbox as a run finds it."""
+
+    session_id: str | None
+    # {file_id: path} of input files already in the session; {path: file_id} of files its
+    # code wrote.
+    placed: dict[str, str]
+    outputs: dict[str, str]
+    # The session had expired: a new one gets the files back and the model is told.
+    reset: bool = False
+    # Input files to copy in now.
+    to_place: list[str] = field(default_factory=list)
+
+
+class RunDriver:
+    def __init__(
+        self,
+        services: Services,
+        row: ThreadRun,
+        *,
+        tenant: str,
+        feed: Feed,
+        stream: bool,
+    ) -> None:
+        self.services = services
+        self.tenant = tenant
+        self.row = row
+        self.run = public(row)
+        self.feed = feed
+        self.stream = stream
+        # Why the driver was stopped from outside: "cancel" or "shutdown".
+        self.stop_reason: str | None = None
+        self.started = False
+        self._transcript: list[dict[str, Any]] = loads(row.transcript)
+        self._unsaved: dict[str, dict[str, Any]] = {}
+        self._stored: set[str] = set()
+        # The input files the runner still had to copy in when the run began: path → id.
+        self._pending: dict[str, str] = {}
+
+    async def drive(self) -> None:
+        """Run until the run ends or needs the client's tool outputs; never raises."""
+        self.started = True
+        thread = await self._thread()
+        renderer = RunRenderer(
+            self.run,
+            files=loads(thread.outputs) if thread else {},
+            action_timeout=self.services.settings.run_action_timeout,
+        )
+        runner: CodeRunner | None = None
+        sandbox: Sandbox | None = None
+        try:
+            if self.stop_reason is not None or thread is None:
+                raise asyncio.CancelledError  # stopped before it began, or its thread is gone
+            await self._emit(renderer, renderer.start())
+            interpreter = any(t["type"] == "code_interpreter" for t in self.run["tools"])
+            sandbox = await self._sandbox(thread, interpreter)
+            runner = await self._runner(sandbox, interpreter)
+            engine = await self._engine(runner, sandbox, interpreter)
+            await self._loop(engine, renderer)
+        except asyncio.CancelledError:
+            if self.stop_reason == "shutdown":
+                await self._emit(renderer, renderer.fail(APIError(SHUTDOWN)))
+            else:
+                await self._emit(renderer, renderer.cancel())
+        except Exception as exc:
+            await self._emit(renderer, renderer.fail(translate(exc)))
+        finally:
+            try:
+                if runner is not None and sandbox is not None:
+                    await self._keep_sandbox(runner, sandbox)
+            except Exception:
+                logger.exception("could not record the sandbox of thread %s", self.run["thread_id"])
+            self.feed.close()
+
+    async def _loop(self, engine: Engine, renderer: RunRenderer) -> None:
+        usage: dict[str, Any] = {}
+        calls: list[dict[str, Any]] = []
+        # Closed at once when the run stops early, so running code is interrupted now.
+        stream = cast(AsyncGenerator[Event, None], engine.events())
+        async with contextlib.aclosing(stream) as events:
+            async for event in events:
+                if isinstance(event, Failed):
+                    await self._emit(renderer, renderer.fail(event.error))
+                    return
+                if isinstance(event, MessageDone):
+                    add_usage(usage, event.usage)
+                    reason = self._limit(event, usage)
+                    if reason is not None:
+                        await self._emit(renderer, renderer.incomplete(reason, usage))
+                        return
+                if isinstance(event, ClientCall):
+                    calls.append(event.raw)
+                frames = renderer.feed(event)
+                if isinstance(event, Done):
+                    said: dict[str, Any] = {"role": "assistant", "content": event.text}
+                    if calls:
+                        said["tool_calls"] = calls
+                    self._transcript += [*event.hidden, said]
+                await self._emit(renderer, frames)
+
+    def _limit(self, done: MessageDone, usage: dict[str, Any]) -> str | None:
+        """The token limit the run has reached, if any. A final answer that ended by itself
+        is kept whole."""
+        max_prompt = self.run.get("max_prompt_tokens")
+        max_completion = self.run.get("max_completion_tokens")
+        if done.finish_reason == "length":
+            return "max_completion_tokens"
+        if done.final:
+            return None
+        if max_prompt is not None and usage.get("prompt_tokens", 0) > max_prompt:
+            return "max_prompt_tokens"
+        if max_completion is not None and usage.get("completion_tokens", 0) > max_completion:
+            return "max_completion_tokens"
+        return None
+
+    async def _emit(self, renderer: RunRenderer, frames: list[bytes]) -> None:
+        """Store what changed, then send the frames."""
+        for obj in renderer.take_changes():
+            self._unsaved[obj["id"]] = obj
+        if self._unsaved:
+            await self._store()
+        self.feed.publish(frames)
+
+    async def _store(self) -> None:
+        run = self.run
+        async with self.services.db() as db:
+            for obj in self._unsaved.values():
+                if obj["object"] == "thread.run":
+                    await save(
+                        db,
+                        obj,
+                        heartbeat_at=time.time(),
+                        transcript=dumps(self._transcript).decode(),
+                    )
+                elif obj["id"] in self._stored:
+                    await save(db, obj)
+                else:  # the driver makes every step and message of its stretch of the run
+                    extra = {"run_id": run["id"]}
+                    if obj["object"] == "thread.message":
+                        extra["thread_id"] = run["thread_id"]
+                    db.add(new_row(obj, tenant=self.tenant, **extra))
+                    self._stored.add(obj["id"])
+            if run["status"] in TERMINAL:
+                await release_thread(db, thread_id=run["thread_id"], run_id=run["id"])
+            await db.commit()
+        self._unsaved.clear()
+
+    async def _thread(self) -> Thread | None:
+        async with self.services.db() as db:
+            return await get_object(db, Thread, tenant=self.tenant, id=self.row.thread_id)
+
+    async def _sandbox(self, thread: Thread, interpreter: bool) -> Sandbox:
+        sandbox = Sandbox(thread.session_id, loads(thread.placed), loads(thread.outputs))
+        if not interpreter:
+            return sandbox
+        executor = self.services.executor
+        if sandbox.session_id is not None and executor is not None:
+            try:
+                await executor.get_session(self.tenant, sandbox.session_id)
+            except SessionNotFound:
+                sandbox.session_id, sandbox.placed, sandbox.reset = None, {}, True
+        inputs = await self._inputs(thread)
+        async with self.services.db() as db:
+            sandbox.to_place = [
+                f
+                for f in inputs
+                if f not in sandbox.placed
+                and await get_file(db, tenant=self.tenant, file_id=f) is not None
+            ]
+        return sandbox
+
+    async def _inputs(self, thread: Thread) -> list[str]:
+        """The files the run's code should find: the assistant's, the thread's and those
+        attached to the thread's messages."""
+        files: list[str] = []
+        async with self.services.db() as db:
+            assistant = await get_object(
+                db, Assistant, tenant=self.tenant, id=self.run["assistant_id"]
+            )
+        for owner in (assistant, thread):
+            if owner is not None:
+                resources = loads(owner.data).get("tool_resources") or {}
+                files += (resources.get("code_interpreter") or {}).get("file_ids", [])
+        files += await attachment_files(self.services, self.run["thread_id"])
+        return list(dict.fromkeys(files))
+
+    async def _runner(self, sandbox: Sandbox, interpreter: bool) -> CodeRunner:
+        # Without the interpreter the engine hands every call back and never uses the
+        # executor, which may then be absent (runs with the interpreter check it exists).
+        executor = cast(Executor, self.services.executor)
+        runner = CodeRunner(self.services, executor, self.tenant, source="assistants")
+        if interpreter:
+            await runner.attach(
+                session_id=sandbox.session_id,
+                file_ids=sandbox.to_place,
+                restore=sandbox.outputs if sandbox.reset else None,
+            )
+        self._pending = runner.pending_paths
+        return runner
+
+    async def _engine(self, runner: CodeRunner, sandbox: Sandbox, interpreter: bool) -> Engine:
+        run = self.run
+        paths = {**sandbox.placed, **{fid: path for path, fid in self._pending.items()}}
+        messages = await thread_context(self.services, self.tenant, run=run, paths=paths)
+        notes: list[str] = []
+        if sandbox.reset:
+            notes.append(RESET_NOTE)
+        placed = sorted(set(sandbox.placed.values()))
+        if interpreter and placed:
+            notes.append(
+                "Files already in /mnt/data from earlier in this thread:\n"
+                + "\n".join(f"- {path}" for path in placed)
+            )
+        options: dict[str, Any] = {"model": run["model"]}
+        for name in OPTIONS:
+            if run.get(name) is not None:
+                options[name] = run[name]
+        response_format = run.get("response_format")
+        if isinstance(response_format, dict) and response_format.get("type") != "text":
+            options["response_format"] = response_format
+        turn = Turn(
+            messages=[*messages, *self._transcript],
+            options=options,
+            client_tools=[
+                {"type": "function", "function": t["function"]}
+                for t in run["tools"]
+                if t["type"] == "function"
+            ],
+            tool_choice=run.get("tool_choice") or "auto",
+            parallel_tool_calls=None if run.get("parallel_tool_calls", True) else False,
+            stream=self.stream,
+            note="\n\n".join(notes),
+            interpreter=interpreter,
+        )
+        return Engine(
+            settings=self.services.settings,
+            model=ChatCompletionsModel(self.services.upstream),
+            runner=runner,
+            turn=turn,
+        )
+
+    async def _keep_sandbox(self, runner: CodeRunner, sandbox: Sandbox) -> None:
+        """Remember the thread's session, the inputs now in it and the files its code wrote."""
+        if runner.session_id is None:
+            return
+        placed = sandbox.placed if runner.session_id == sandbox.session_id else {}
+        still = runner.pending_paths
+        wanted = set(sandbox.to_place)
+        for path, file_id in self._pending.items():
+            if path not in still and file_id in wanted:
+                placed[file_id] = path
+        outputs = dict(sandbox.outputs)
+        for run in runner.runs:
+            for saved in run.files:
+                if saved.path and saved.path.startswith(DATA + "/"):
+                    outputs[saved.path] = saved.file_id
+        async with self.services.db() as db:
+            await update_thread_sandbox(
+                db,
+                thread_id=self.run["thread_id"],
+                session_id=runner.session_id,
+                placed=dump(placed),
+                outputs=dump(outputs),
+            )
+            await db.commit()
