@@ -1,0 +1,624 @@
+"""The Assistants API with the unchanged OpenAI SDK, on a real server without a sandbox:
+objects and their lists, tenants, function tools through `requires_action`, the run's
+options as the upstream receives them, and bad input."""
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from proxy.app import create_app
+from proxy.settings import Settings
+from tests.assistants import SDK_WARNINGS, WEATHER, Recorder, collapsed, run_status, wait_for
+from tests.proxy.conftest import KEY_A, KEY_B, sdk
+from tests.servers import run_server
+from tests.upstream import Error, ScriptedUpstream, completion, tool_call
+
+pytestmark = SDK_WARNINGS
+
+AUTH = {"authorization": f"Bearer {KEY_A}", "openai-beta": "assistants=v2"}
+
+
+@pytest.fixture
+def serve(
+    make_settings: Callable[..., Settings], upstream: ScriptedUpstream
+) -> Iterator[Callable[..., str]]:
+    """Start the service (no execution service) with settings overrides; its URL."""
+    servers: list[Any] = []
+
+    def start(**overrides: Any) -> str:
+        settings = make_settings(upstream_base_url=upstream.url + "/v1", **overrides)
+        server = run_server(create_app(settings))
+        servers.append(server)
+        return server.__enter__()
+
+    yield start
+    for server in reversed(servers):
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(serve: Callable[..., str]) -> openai.OpenAI:
+    return sdk(serve(run_heartbeat_interval=0.2))
+
+
+def error(exc: pytest.ExceptionInfo[openai.APIStatusError], status: int) -> dict[str, Any]:
+    assert exc.value.status_code == status
+    body = exc.value.body
+    assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
+    return body
+
+
+def test_assistants_are_created_listed_modified_and_deleted(client: openai.OpenAI) -> None:
+    made = [
+        client.beta.assistants.create(
+            model="gpt-test",
+            name=f"Tutor {i}",
+            instructions="Answer with code.",
+            tools=[{"type": "code_interpreter"}, WEATHER],
+            metadata={"n": str(i)},
+            temperature=0.5,
+        )
+        for i in range(3)
+    ]
+    first = made[0]
+    assert first.id.startswith("asst_") and first.object == "assistant"
+    assert [t.type for t in first.tools] == ["code_interpreter", "function"]
+    assert (first.temperature, first.top_p, first.response_format) == (0.5, 1.0, "auto")
+    assert client.beta.assistants.retrieve(first.id) == first
+
+    newest = client.beta.assistants.list(limit=2)
+    assert [a.id for a in newest.data] == [made[2].id, made[1].id] and newest.has_more
+    older = client.beta.assistants.list(limit=2, after=made[1].id)
+    assert [a.id for a in older.data] == [first.id] and not older.has_more
+    assert [a.id for a in client.beta.assistants.list(order="asc", before=made[2].id)] == [
+        first.id,
+        made[1].id,
+    ]
+    assert [a.id for a in client.beta.assistants.list(limit=1, before=first.id)] == [made[1].id]
+    # Iterating a page fetches the next ones, with `after` cursors.
+    assert [a.id for a in client.beta.assistants.list(limit=1)] == [a.id for a in made[::-1]]
+    assert [a.id for a in client.beta.assistants.list(limit=1, order="asc")] == [
+        a.id for a in made
+    ]
+
+    changed = client.beta.assistants.update(first.id, name="Renamed", tools=[])
+    assert (changed.name, changed.tools, changed.instructions) == ("Renamed", [], first.instructions)
+    assert client.beta.assistants.retrieve(first.id).name == "Renamed"
+    gone = client.beta.assistants.delete(first.id)
+    assert (gone.id, gone.deleted, gone.object) == (first.id, True, "assistant.deleted")
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.beta.assistants.retrieve(first.id)
+    assert error(exc, 404)["message"] == f"No assistant found with id '{first.id}'."
+
+
+def test_threads_and_messages(client: openai.OpenAI) -> None:
+    thread = client.beta.threads.create(
+        messages=[
+            {"role": "user", "content": "Hello"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Look at this"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                ],
+            },
+        ],
+        metadata={"user": "jane"},
+    )
+    assert thread.id.startswith("thread_") and thread.metadata == {"user": "jane"}
+    listed = client.beta.threads.messages.list(thread.id, order="asc")
+    hello, look = listed.data
+    assert hello.content[0].type == "text" and hello.content[0].text.value == "Hello"
+    assert [p.type for p in look.content] == ["text", "image_url"]
+    assert (hello.role, hello.status, hello.thread_id, hello.run_id) == (
+        "user",
+        "completed",
+        thread.id,
+        None,
+    )
+    added = client.beta.threads.messages.create(thread.id, role="user", content="More")
+    assert client.beta.threads.messages.list(thread.id, limit=1).data[0].id == added.id
+    changed = client.beta.threads.messages.update(added.id, thread_id=thread.id, metadata={"k": "v"})
+    assert changed.metadata == {"k": "v"}
+    assert client.beta.threads.messages.retrieve(added.id, thread_id=thread.id).metadata == {"k": "v"}
+    assert client.beta.threads.messages.delete(added.id, thread_id=thread.id).deleted
+    assert [m.id for m in client.beta.threads.messages.list(thread.id, order="asc")] == [
+        hello.id,
+        look.id,
+    ]
+    assert client.beta.threads.update(thread.id, metadata={"user": "joe"}).metadata == {"user": "joe"}
+    assert client.beta.threads.retrieve(thread.id).metadata == {"user": "joe"}
+    assert client.beta.threads.delete(thread.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.beta.threads.retrieve(thread.id)
+    with pytest.raises(openai.NotFoundError):
+        client.beta.threads.messages.retrieve(hello.id, thread_id=thread.id)
+    assert client.beta.threads.create().id.startswith("thread_")  # no body at all
+
+
+def test_function_tool_round_trip(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
+    upstream.push(
+        completion(tool_calls=[tool_call("get_weather", '{"city": "Paris"}', "call_w")]),
+        completion("It is sunny in Paris.", prompt_tokens=40, completion_tokens=7),
+    )
+    assistant = client.beta.assistants.create(model="gpt-test", tools=[WEATHER])
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "Weather?"}])
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=20
+    )
+    assert run.status == "requires_action" and run.required_action is not None
+    [call] = run.required_action.submit_tool_outputs.tool_calls
+    assert (call.id, call.function.name, call.function.arguments) == (
+        "call_w",
+        "get_weather",
+        '{"city": "Paris"}',
+    )
+    # No interpreter on this assistant: the model was not offered it.
+    assert [t["function"]["name"] for t in upstream.requests[0]["tools"]] == ["get_weather"]
+    assert "code interpreter" not in str(upstream.requests[0]["messages"])
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.beta.threads.runs.submit_tool_outputs(
+            run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": "call_x", "output": "?"}]
+        )
+    assert "call_w" in error(exc, 400)["message"]
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.beta.threads.messages.create(thread.id, role="user", content="Hurry")
+    assert f"while a run {run.id} is active" in error(exc, 400)["message"]
+
+    done = client.beta.threads.runs.submit_tool_outputs_and_poll(
+        run_id=run.id,
+        thread_id=thread.id,
+        tool_outputs=[{"tool_call_id": "call_w", "output": "sunny, 24 C"}],
+        poll_interval_ms=20,
+    )
+    assert done.status == "completed" and done.required_action is None
+    assert done.usage is not None and done.usage.total_tokens == 15 + 47
+    assert upstream.requests[1]["messages"][-2:] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_w",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_w", "content": "sunny, 24 C"},
+    ]
+    steps = client.beta.threads.runs.steps.list(run.id, thread_id=thread.id, order="asc").data
+    assert [(s.type, s.status) for s in steps] == [
+        ("tool_calls", "completed"),
+        ("message_creation", "completed"),
+    ]
+    function = steps[0].step_details.tool_calls[0]  # type: ignore[union-attr]
+    assert function.type == "function" and function.function.output == "sunny, 24 C"
+    answer = client.beta.threads.messages.list(thread.id).data[0]
+    assert answer.content[0].text.value == "It is sunny in Paris."  # type: ignore[union-attr]
+    assert (answer.run_id, answer.assistant_id) == (run.id, assistant.id)
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.beta.threads.runs.submit_tool_outputs(
+            run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": "call_w", "output": "x"}]
+        )
+    assert error(exc, 400)["message"] == 'Runs in status "completed" do not accept tool outputs.'
+
+    # The next run of the thread sees the function call and its output.
+    upstream.push(completion("Still sunny."))
+    client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        additional_messages=[{"role": "user", "content": "And now?"}],
+        poll_interval_ms=20,
+    )
+    assert [m["role"] for m in upstream.requests[2]["messages"]] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+    ]
+
+
+def test_function_round_trip_streamed(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
+    upstream.push(
+        completion("Let me check.", tool_calls=[tool_call("get_weather", '{"city": "Oslo"}')]),
+        completion("Snow in Oslo."),
+    )
+    assistant = client.beta.assistants.create(model="gpt-test", tools=[WEATHER])
+    second = Recorder()
+
+    class Submitter(Recorder):
+        """Submits the outputs from its `requires_action` event, as OpenAI's docs do."""
+
+        def on_event(self, event: Any) -> None:
+            super().on_event(event)
+            if event.event == "thread.run.requires_action":
+                calls = event.data.required_action.submit_tool_outputs.tool_calls
+                with client.beta.threads.runs.submit_tool_outputs_stream(
+                    thread_id=event.data.thread_id,
+                    run_id=event.data.id,
+                    tool_outputs=[{"tool_call_id": c.id, "output": "snow"} for c in calls],
+                    event_handler=second,
+                ) as stream:
+                    stream.until_done()
+
+    first = Submitter()
+    with client.beta.threads.create_and_run_stream(
+        assistant_id=assistant.id,
+        thread={"messages": [{"role": "user", "content": "Weather in Oslo?"}]},
+        event_handler=first,
+    ) as stream:
+        stream.until_done()
+    assert collapsed(first.events) == [
+        "thread.created",
+        "thread.run.created",
+        "thread.run.queued",
+        "thread.run.in_progress",
+        "thread.run.step.created",
+        "thread.run.step.in_progress",
+        "thread.message.created",
+        "thread.message.in_progress",
+        "thread.message.delta",
+        "thread.message.completed",
+        "thread.run.step.completed",
+        "thread.run.step.created",
+        "thread.run.step.in_progress",
+        "thread.run.step.delta",
+        "thread.run.requires_action",
+    ]
+    assert first.tool_calls == ["function"] and first.text == "Let me check."
+    assert second.events[:3] == [
+        "thread.run.step.completed",
+        "thread.run.queued",
+        "thread.run.in_progress",
+    ]
+    assert second.events[-1] == "thread.run.completed" and second.text == "Snow in Oslo."
+    assert second.get_final_run().status == "completed"
+
+
+def test_run_options_reach_the_upstream(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
+    upstream.push(completion('{"ok": true}'))
+    assistant = client.beta.assistants.create(
+        model="gpt-test", instructions="Be brief.", tools=[WEATHER], top_p=0.9
+    )
+    thread = client.beta.threads.create(
+        messages=[{"role": "user", "content": f"old {i}"} for i in range(3)]
+    )
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        model="gpt-other",
+        additional_instructions="Answer in JSON.",
+        additional_messages=[{"role": "user", "content": "new"}],
+        temperature=0.2,
+        response_format={"type": "json_object"},
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        truncation_strategy={"type": "last_messages", "last_messages": 2},
+        max_completion_tokens=500,
+        metadata={"job": "1"},
+        poll_interval_ms=20,
+    )
+    assert run.status == "completed"
+    assert (run.model, run.instructions, run.temperature, run.top_p) == (
+        "gpt-other",
+        "Be brief.\n\nAnswer in JSON.",
+        0.2,
+        0.9,
+    )
+    assert run.truncation_strategy is not None and run.truncation_strategy.last_messages == 2
+    sent = upstream.requests[0]
+    assert sent["model"] == "gpt-other" and sent["temperature"] == 0.2 and sent["top_p"] == 0.9
+    assert sent["response_format"] == {"type": "json_object"}
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["parallel_tool_calls"] is False and sent["max_completion_tokens"] == 500
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief.\n\nAnswer in JSON."},
+        {"role": "user", "content": "old 2"},
+        {"role": "user", "content": "new"},
+    ]
+    assert len(client.beta.threads.messages.list(thread.id).data) == 5  # `new` was added
+    assert client.beta.threads.runs.update(run.id, thread_id=thread.id, metadata={"job": "2"}).metadata == {
+        "job": "2"
+    }
+    assert [r.id for r in client.beta.threads.runs.list(thread.id)] == [run.id]
+
+
+def test_limits_and_upstream_errors_end_runs(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    assistant = client.beta.assistants.create(model="gpt-test")
+    thread = client.beta.threads.create()
+
+    def run() -> Any:
+        return client.beta.threads.runs.create_and_poll(
+            thread_id=thread.id,
+            assistant_id=assistant.id,
+            additional_messages=[{"role": "user", "content": "Go"}],
+            poll_interval_ms=20,
+        )
+
+    cut = completion("It was a long", completion_tokens=256)
+    cut["choices"][0]["finish_reason"] = "length"
+    upstream.push(cut)
+    incomplete = run()
+    assert incomplete.status == "incomplete" and incomplete.incomplete_details is not None
+    assert incomplete.incomplete_details.reason == "max_completion_tokens"
+    assert incomplete.usage is not None and incomplete.usage.completion_tokens == 256
+    message = client.beta.threads.messages.list(thread.id, run_id=incomplete.id).data[0]
+    assert message.status == "incomplete" and message.incomplete_details is not None
+    assert message.incomplete_details.reason == "max_tokens"
+
+    upstream.push(Error(429, {"error": {"message": "Slow down", "type": "rate", "param": None, "code": None}}))
+    limited = run()
+    assert limited.status == "failed" and limited.last_error is not None
+    assert limited.last_error.code == "rate_limit_exceeded" and "Slow down" in limited.last_error.message
+    upstream.push(Error(500, {"error": {"message": "Boom", "type": "x", "param": None, "code": None}}))
+    broken = run()
+    assert broken.status == "failed" and broken.last_error is not None
+    assert broken.last_error.code == "server_error" and broken.failed_at is not None
+    upstream.push(completion("Fine again."))
+    assert run().status == "completed"  # a failed run releases its thread
+
+
+def test_one_active_run_per_thread(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
+    upstream.delay = 1.0
+    upstream.push(completion("Slow answer."))
+    assistant = client.beta.assistants.create(model="gpt-test")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "Hi"}])
+    first = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    assert first.status == "queued"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    assert error(exc, 400)["message"] == (
+        f"Thread {thread.id} already has an active run {first.id}."
+    )
+    done = wait_for(run_status(client, thread.id, first.id), lambda r: r.status == "completed")
+    assert done.completed_at is not None and done.started_at is not None
+    assert len(client.beta.threads.runs.list(thread.id).data) == 1  # the refused one is nowhere
+
+
+def test_cancel_and_expiry_of_a_run_waiting_for_outputs(
+    serve: Callable[..., str], upstream: ScriptedUpstream
+) -> None:
+    client = sdk(serve(run_heartbeat_interval=0.1, run_action_timeout=1))
+    assistant = client.beta.assistants.create(model="gpt-test", tools=[WEATHER])
+    calls = [tool_call("get_weather", '{"city": "Rome"}') for _ in range(2)]
+    upstream.push(completion(tool_calls=[calls[0]]), completion(tool_calls=[calls[1]]))
+    waiting = client.beta.threads.create_and_run_poll(
+        assistant_id=assistant.id,
+        thread={"messages": [{"role": "user", "content": "Rome?"}]},
+        poll_interval_ms=20,
+    )
+    assert waiting.status == "requires_action" and waiting.expires_at is not None
+    cancelled = client.beta.threads.runs.cancel(waiting.id, thread_id=waiting.thread_id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
+    [step] = client.beta.threads.runs.steps.list(waiting.id, thread_id=waiting.thread_id).data
+    assert step.status == "cancelled"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.beta.threads.runs.cancel(waiting.id, thread_id=waiting.thread_id)
+    assert error(exc, 400)["message"] == "Cannot cancel run with status 'cancelled'."
+
+    left = client.beta.threads.runs.create_and_poll(
+        thread_id=waiting.thread_id, assistant_id=assistant.id, poll_interval_ms=20
+    )
+    assert left.status == "requires_action"
+    expired = wait_for(
+        run_status(client, left.thread_id, left.id), lambda r: r.status == "expired"
+    )
+    assert expired.required_action is None
+    [step] = client.beta.threads.runs.steps.list(left.id, thread_id=left.thread_id).data
+    assert step.status == "expired" and step.expired_at is not None
+
+
+def test_shutdown_mid_run_fails_the_run_and_frees_the_thread(
+    make_settings: Callable[..., Settings], upstream: ScriptedUpstream
+) -> None:
+    settings = make_settings(upstream_base_url=upstream.url + "/v1")
+    upstream.delay = 30.0  # the model is still thinking when the service stops
+    upstream.push(completion("Too late."))
+    with run_server(create_app(settings)) as url:
+        client = sdk(url)
+        assistant = client.beta.assistants.create(model="gpt-test")
+        run = client.beta.threads.create_and_run(
+            assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "Hi"}]}
+        )
+        wait_for(run_status(client, run.thread_id, run.id), lambda r: r.status == "in_progress")
+    upstream.delay = 0
+    with run_server(create_app(settings)) as url:
+        client = sdk(url)
+        stopped = client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id)
+        assert stopped.status == "failed" and stopped.last_error is not None
+        assert "shut down" in stopped.last_error.message
+        upstream.script.clear()
+        upstream.push(completion("Back."))
+        again = client.beta.threads.runs.create_and_poll(
+            thread_id=run.thread_id, assistant_id=assistant.id, poll_interval_ms=20
+        )
+        assert again.status == "completed"
+
+
+def test_tenants_see_only_their_own(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
+    upstream.push(completion("Hi A."))
+    assistant = client.beta.assistants.create(model="gpt-test")
+    run = client.beta.threads.create_and_run_poll(
+        assistant_id=assistant.id,
+        thread={"messages": [{"role": "user", "content": "Hi"}]},
+        poll_interval_ms=20,
+    )
+    message = client.beta.threads.messages.list(run.thread_id).data[0]
+    step = client.beta.threads.runs.steps.list(run.id, thread_id=run.thread_id).data[0]
+    other = sdk(str(client.base_url).removesuffix("/v1/"), KEY_B)
+    calls: list[Callable[[], Any]] = [
+        lambda: other.beta.assistants.retrieve(assistant.id),
+        lambda: other.beta.assistants.update(assistant.id, name="mine"),
+        lambda: other.beta.assistants.delete(assistant.id),
+        lambda: other.beta.threads.retrieve(run.thread_id),
+        lambda: other.beta.threads.delete(run.thread_id),
+        lambda: other.beta.threads.messages.list(run.thread_id),
+        lambda: other.beta.threads.messages.retrieve(message.id, thread_id=run.thread_id),
+        lambda: other.beta.threads.messages.create(run.thread_id, role="user", content="x"),
+        lambda: other.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id),
+        lambda: other.beta.threads.runs.list(run.thread_id),
+        lambda: other.beta.threads.runs.cancel(run.id, thread_id=run.thread_id),
+        lambda: other.beta.threads.runs.create(thread_id=run.thread_id, assistant_id=assistant.id),
+        lambda: other.beta.threads.runs.steps.retrieve(
+            step.id, thread_id=run.thread_id, run_id=run.id
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert other.beta.assistants.list().data == []
+    # And theirs do not mix with A's.
+    mine = other.beta.assistants.create(model="gpt-test")
+    assert [a.id for a in client.beta.assistants.list()] == [assistant.id]
+    with pytest.raises(openai.NotFoundError):
+        client.beta.threads.create_and_run(assistant_id=mine.id)
+    assert client.beta.threads.retrieve(run.thread_id).id == run.thread_id
+
+
+def test_bad_input_is_a_clear_400(client: openai.OpenAI, serve: Callable[..., str]) -> None:
+    assistant = client.beta.assistants.create(model="gpt-test", tools=[WEATHER])
+    thread = client.beta.threads.create()
+    cases: list[tuple[Callable[[], Any], str, str | None]] = [
+        (
+            lambda: client.beta.assistants.create(model="gpt-test", tools=[{"type": "file_search"}]),
+            "'file_search' tool is not supported",
+            "tools[0].type",
+        ),
+        (
+            lambda: client.beta.assistants.create(
+                model="gpt-test",
+                tool_resources={"file_search": {"vector_store_ids": ["vs_1"]}},
+            ),
+            "'file_search' tool resource is not supported",
+            "tool_resources.file_search",
+        ),
+        (
+            lambda: client.beta.threads.messages.create(
+                thread.id,
+                role="user",
+                content="x",
+                attachments=[{"file_id": "file-1", "tools": [{"type": "file_search"}]}],
+            ),
+            "'file_search' tool is not supported",
+            "messages.attachments[0].tools",
+        ),
+        (
+            lambda: client.beta.threads.runs.create(
+                thread_id=thread.id, assistant_id=assistant.id, tools=[{"type": "file_search"}]
+            ),
+            "'file_search' tool is not supported",
+            "tools[0].type",
+        ),
+        (
+            lambda: client.beta.threads.runs.create(
+                thread_id=thread.id, assistant_id=assistant.id, tool_choice={"type": "file_search"}
+            ),
+            "'file_search' tool is not supported",
+            "tool_choice.type",
+        ),
+        (
+            lambda: client.beta.assistants.create(
+                model="gpt-test",
+                tools=[{"type": "function", "function": {"name": "code_interpreter"}}],
+            ),
+            "reserved for the code interpreter",
+            "tools[0].function.name",
+        ),
+        (
+            lambda: client.beta.assistants.create(model="gpt-test", temperature=3),
+            "Invalid 'temperature'",
+            "temperature",
+        ),
+        (
+            lambda: client.beta.threads.runs.create(
+                thread_id=thread.id, assistant_id=assistant.id, max_prompt_tokens=10
+            ),
+            "Invalid 'max_prompt_tokens'",
+            "max_prompt_tokens",
+        ),
+        (
+            lambda: client.beta.threads.runs.create(
+                thread_id=thread.id,
+                assistant_id=assistant.id,
+                truncation_strategy={"type": "last_messages"},
+            ),
+            "'truncation_strategy.last_messages'",
+            "truncation_strategy.last_messages",
+        ),
+        (
+            lambda: client.beta.threads.runs.create(
+                thread_id=thread.id,
+                assistant_id=assistant.id,
+                tool_choice={"type": "function", "function": {"name": "nope"}},
+            ),
+            "no function named 'nope'",
+            "tool_choice.function.name",
+        ),
+        (
+            lambda: client.beta.threads.runs.create(
+                thread_id=thread.id, assistant_id=assistant.id, tool_choice={"type": "code_interpreter"}
+            ),
+            "no 'code_interpreter' tool",
+            "tool_choice",
+        ),
+        (
+            lambda: client.beta.threads.messages.create(thread.id, role="user", content=[]),
+            "non-empty array",
+            "messages.content",
+        ),
+        (
+            lambda: client.beta.assistants.create(model="gpt-test", extra_body={"colour": "red"}),
+            "Invalid 'colour'",
+            "colour",
+        ),
+    ]
+    for call, message, param in cases:
+        with pytest.raises(openai.BadRequestError) as exc:
+            call()
+        body = error(exc, 400)
+        assert message in body["message"], body
+        assert body["param"] == param, body
+
+    missing: list[tuple[Callable[[], Any], str]] = [
+        (lambda: client.beta.threads.runs.create(thread_id=thread.id, assistant_id="asst_x"), "assistant"),
+        (lambda: client.beta.threads.runs.create(thread_id="thread_x", assistant_id=assistant.id), "thread"),
+        (lambda: client.beta.threads.messages.retrieve("msg_x", thread_id=thread.id), "message"),
+        (lambda: client.beta.threads.runs.retrieve("run_x", thread_id=thread.id), "run"),
+        (lambda: client.beta.threads.runs.steps.list("run_x", thread_id=thread.id), "run"),
+    ]
+    for call, kind in missing:
+        with pytest.raises(openai.NotFoundError) as exc:
+            call()
+        assert error(exc, 404)["message"].startswith(f"No {kind} found with id")
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.beta.assistants.create(
+            model="gpt-test", tool_resources={"code_interpreter": {"file_ids": ["file-nope"]}}
+        )
+    assert error(exc, 404)["message"] == "No such File object: file-nope"
+
+    # A run with the interpreter needs an execution service; this server has none.
+    coder = client.beta.assistants.create(model="gpt-test", tools=[{"type": "code_interpreter"}])
+    with pytest.raises(openai.InternalServerError) as exc:
+        client.beta.threads.runs.create(thread_id=thread.id, assistant_id=coder.id)
+    assert exc.value.status_code == 503
+    assert client.beta.threads.runs.list(thread.id).data == []
+
+
+def test_beta_header(client: openai.OpenAI) -> None:
+    url = str(client.base_url).rstrip("/")
+    response = httpx.get(f"{url}/assistants", headers={**AUTH, "openai-beta": "assistants=v1"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "The Assistants API v1 is not served here. Please try again with the header "
+        "'OpenAI-Beta: assistants=v2'."
+    )
+    assert httpx.get(f"{url}/assistants", headers=AUTH).status_code == 200
+    plain = {"authorization": AUTH["authorization"]}
+    assert httpx.get(f"{url}/assistants", headers=plain).json()["object"] == "list"
