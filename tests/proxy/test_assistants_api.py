@@ -80,12 +80,14 @@ def test_assistants_are_created_listed_modified_and_deleted(client: openai.OpenA
     assert [a.id for a in client.beta.assistants.list(limit=1, before=first.id)] == [made[1].id]
     # Iterating a page fetches the next ones, with `after` cursors.
     assert [a.id for a in client.beta.assistants.list(limit=1)] == [a.id for a in made[::-1]]
-    assert [a.id for a in client.beta.assistants.list(limit=1, order="asc")] == [
-        a.id for a in made
-    ]
+    assert [a.id for a in client.beta.assistants.list(limit=1, order="asc")] == [a.id for a in made]
 
     changed = client.beta.assistants.update(first.id, name="Renamed", tools=[])
-    assert (changed.name, changed.tools, changed.instructions) == ("Renamed", [], first.instructions)
+    assert (changed.name, changed.tools, changed.instructions) == (
+        "Renamed",
+        [],
+        first.instructions,
+    )
     assert client.beta.assistants.retrieve(first.id).name == "Renamed"
     gone = client.beta.assistants.delete(first.id)
     assert (gone.id, gone.deleted, gone.object) == (first.id, True, "assistant.deleted")
@@ -121,15 +123,21 @@ def test_threads_and_messages(client: openai.OpenAI) -> None:
     )
     added = client.beta.threads.messages.create(thread.id, role="user", content="More")
     assert client.beta.threads.messages.list(thread.id, limit=1).data[0].id == added.id
-    changed = client.beta.threads.messages.update(added.id, thread_id=thread.id, metadata={"k": "v"})
+    changed = client.beta.threads.messages.update(
+        added.id, thread_id=thread.id, metadata={"k": "v"}
+    )
     assert changed.metadata == {"k": "v"}
-    assert client.beta.threads.messages.retrieve(added.id, thread_id=thread.id).metadata == {"k": "v"}
+    assert client.beta.threads.messages.retrieve(added.id, thread_id=thread.id).metadata == {
+        "k": "v"
+    }
     assert client.beta.threads.messages.delete(added.id, thread_id=thread.id).deleted
     assert [m.id for m in client.beta.threads.messages.list(thread.id, order="asc")] == [
         hello.id,
         look.id,
     ]
-    assert client.beta.threads.update(thread.id, metadata={"user": "joe"}).metadata == {"user": "joe"}
+    assert client.beta.threads.update(thread.id, metadata={"user": "joe"}).metadata == {
+        "user": "joe"
+    }
     assert client.beta.threads.retrieve(thread.id).metadata == {"user": "joe"}
     assert client.beta.threads.delete(thread.id).deleted
     with pytest.raises(openai.NotFoundError):
@@ -322,9 +330,9 @@ def test_run_options_reach_the_upstream(client: openai.OpenAI, upstream: Scripte
         {"role": "user", "content": "new"},
     ]
     assert len(client.beta.threads.messages.list(thread.id).data) == 5  # `new` was added
-    assert client.beta.threads.runs.update(run.id, thread_id=thread.id, metadata={"job": "2"}).metadata == {
-        "job": "2"
-    }
+    assert client.beta.threads.runs.update(
+        run.id, thread_id=thread.id, metadata={"job": "2"}
+    ).metadata == {"job": "2"}
     assert [r.id for r in client.beta.threads.runs.list(thread.id)] == [run.id]
 
 
@@ -353,11 +361,18 @@ def test_limits_and_upstream_errors_end_runs(
     assert message.status == "incomplete" and message.incomplete_details is not None
     assert message.incomplete_details.reason == "max_tokens"
 
-    upstream.push(Error(429, {"error": {"message": "Slow down", "type": "rate", "param": None, "code": None}}))
+    upstream.push(
+        Error(429, {"error": {"message": "Slow down", "type": "rate", "param": None, "code": None}})
+    )
     limited = run()
     assert limited.status == "failed" and limited.last_error is not None
-    assert limited.last_error.code == "rate_limit_exceeded" and "Slow down" in limited.last_error.message
-    upstream.push(Error(500, {"error": {"message": "Boom", "type": "x", "param": None, "code": None}}))
+    assert (
+        limited.last_error.code == "rate_limit_exceeded"
+        and "Slow down" in limited.last_error.message
+    )
+    upstream.push(
+        Error(500, {"error": {"message": "Boom", "type": "x", "param": None, "code": None}})
+    )
     broken = run()
     assert broken.status == "failed" and broken.last_error is not None
     assert broken.last_error.code == "server_error" and broken.failed_at is not None
@@ -407,9 +422,7 @@ def test_cancel_and_expiry_of_a_run_waiting_for_outputs(
         thread_id=waiting.thread_id, assistant_id=assistant.id, poll_interval_ms=20
     )
     assert left.status == "requires_action"
-    expired = wait_for(
-        run_status(client, left.thread_id, left.id), lambda r: r.status == "expired"
-    )
+    expired = wait_for(run_status(client, left.thread_id, left.id), lambda r: r.status == "expired")
     assert expired.required_action is None
     [step] = client.beta.threads.runs.steps.list(left.id, thread_id=left.thread_id).data
     assert step.status == "expired" and step.expired_at is not None
@@ -419,7 +432,7 @@ def test_shutdown_mid_run_fails_the_run_and_frees_the_thread(
     make_settings: Callable[..., Settings], upstream: ScriptedUpstream
 ) -> None:
     settings = make_settings(upstream_base_url=upstream.url + "/v1")
-    upstream.delay = 30.0  # the model is still thinking when the service stops
+    upstream.delay = 2.0  # the model is still thinking when the service stops
     upstream.push(completion("Too late."))
     with run_server(create_app(settings)) as url:
         client = sdk(url)
@@ -487,7 +500,9 @@ def test_bad_input_is_a_clear_400(client: openai.OpenAI, serve: Callable[..., st
     thread = client.beta.threads.create()
     cases: list[tuple[Callable[[], Any], str, str | None]] = [
         (
-            lambda: client.beta.assistants.create(model="gpt-test", tools=[{"type": "file_search"}]),
+            lambda: client.beta.assistants.create(
+                model="gpt-test", tools=[{"type": "file_search"}]
+            ),
             "'file_search' tool is not supported",
             "tools[0].type",
         ),
@@ -563,7 +578,9 @@ def test_bad_input_is_a_clear_400(client: openai.OpenAI, serve: Callable[..., st
         ),
         (
             lambda: client.beta.threads.runs.create(
-                thread_id=thread.id, assistant_id=assistant.id, tool_choice={"type": "code_interpreter"}
+                thread_id=thread.id,
+                assistant_id=assistant.id,
+                tool_choice={"type": "code_interpreter"},
             ),
             "no 'code_interpreter' tool",
             "tool_choice",
@@ -587,8 +604,16 @@ def test_bad_input_is_a_clear_400(client: openai.OpenAI, serve: Callable[..., st
         assert body["param"] == param, body
 
     missing: list[tuple[Callable[[], Any], str]] = [
-        (lambda: client.beta.threads.runs.create(thread_id=thread.id, assistant_id="asst_x"), "assistant"),
-        (lambda: client.beta.threads.runs.create(thread_id="thread_x", assistant_id=assistant.id), "thread"),
+        (
+            lambda: client.beta.threads.runs.create(thread_id=thread.id, assistant_id="asst_x"),
+            "assistant",
+        ),
+        (
+            lambda: client.beta.threads.runs.create(
+                thread_id="thread_x", assistant_id=assistant.id
+            ),
+            "thread",
+        ),
         (lambda: client.beta.threads.messages.retrieve("msg_x", thread_id=thread.id), "message"),
         (lambda: client.beta.threads.runs.retrieve("run_x", thread_id=thread.id), "run"),
         (lambda: client.beta.threads.runs.steps.list("run_x", thread_id=thread.id), "run"),
