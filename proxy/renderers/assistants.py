@@ -96,12 +96,12 @@ class RunRenderer:
         return int(self._clock())
 
     def take_changes(self) -> list[dict[str, Any]]:
-        """The objects changed since the last call (each once, in order of change)."""
+        """The objects changed since the last call, each once, in the order they first
+        changed (new ones are stored in the order they were made)."""
         changes, self._changes = list(self._changes.values()), {}
         return changes
 
     def _changed(self, obj: dict[str, Any]) -> None:
-        self._changes.pop(obj["id"], None)
         self._changes[obj["id"]] = obj
 
     def _emit(self, event: str, obj: dict[str, Any]) -> bytes:

@@ -61,3 +61,44 @@ def test_analyze_csv_streamed(stack: Stack, tmp_path: Path) -> None:
     assert "```python\nimport pandas as pd" in out
     assert "{'north': 567, 'south': 415}" in out
     assert "sandbox:" not in out and "/download/revenue.png?expires=" in out
+
+
+SOLVE = "from sympy import solve, symbols\nx = symbols('x')\nprint(solve(3 * x + 11 - 14, x))"
+
+
+def test_assistants_quickstart(stack: Stack, tmp_path: Path) -> None:
+    stack.upstream.push(
+        completion("Let me solve it.", tool_calls=[code_call(SOLVE)]),
+        completion("Jane Doe, the solution is x = 1."),
+    )
+    out = run_example(stack, "assistants_quickstart.py", tmp_path)
+    assert "assistant > Let me solve it." in out
+    assert "assistant > code_interpreter\n" in out
+    assert "from sympy import solve, symbols" in out
+    assert "output >\n\n[1]\n" in out
+    assert out.rstrip().endswith("assistant > Jane Doe, the solution is x = 1.")
+    # The run's instructions replace the assistant's, as in OpenAI's API.
+    system = stack.upstream.requests[0]["messages"][0]["content"]
+    assert system.startswith("Please address the user as Jane Doe.")
+    assert "math tutor" not in system
+
+
+def test_assistants_files(stack: Stack, tmp_path: Path) -> None:
+    code = (
+        "import pandas as pd, matplotlib.pyplot as plt\n"
+        "df = pd.read_csv('/mnt/data/sales.csv')\n"
+        "totals = df.groupby('region')['revenue'].sum()\n"
+        "totals.to_csv('/mnt/data/totals.csv')\n"
+        "totals.plot.bar()\n"
+        "plt.show()"
+    )
+    stack.upstream.push(
+        completion(tool_calls=[code_call(code)]),
+        completion("Here are the [totals](sandbox:/mnt/data/totals.csv)."),
+    )
+    out = run_example(stack, "assistants_files.py", tmp_path)
+    assert "run: completed" in out and "code > import pandas" in out
+    assert "saved totals.csv" in out and "saved chart file-" in out
+    assert (tmp_path / "totals.csv").read_text().startswith("region,revenue")
+    [chart] = tmp_path.glob("file-*.png")
+    assert chart.read_bytes().startswith(b"\x89PNG")
