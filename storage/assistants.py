@@ -80,23 +80,23 @@ async def claim_thread(db: AsyncSession, *, tenant: str, thread_id: str, run_id:
     return bool(result.rowcount)
 
 
-async def release_thread(db: AsyncSession, *, thread_id: str, run_id: str) -> None:
-    """The run no longer holds its thread (a no-op if it did not)."""
+async def release_thread(db: AsyncSession, *, thread_id: str, run_id: str, **sandbox: Any) -> None:
+    """The run no longer holds its thread (a no-op if it did not); `sandbox` columns given
+    are set by the same statement."""
     await db.exec(
         update(Thread)
         .where(col(Thread.id) == thread_id, col(Thread.active_run_id) == run_id)
-        .values(active_run_id=None)
+        .values(active_run_id=None, **sandbox)
+        .execution_options(synchronize_session=False)
     )
 
 
-async def thread_runs(
-    db: AsyncSession, *, thread_id: str, statuses: Sequence[str]
-) -> list[ThreadRun]:
-    """The thread's runs with one of `statuses`, oldest first."""
-    query = (
-        select(ThreadRun)
-        .where(col(ThreadRun.thread_id) == thread_id, col(ThreadRun.status).in_(statuses))
-        .order_by(col(ThreadRun.seq))
+async def completed_runs(db: AsyncSession, *, run_ids: Sequence[str]) -> list[ThreadRun]:
+    """Those of `run_ids` that completed."""
+    if not run_ids:
+        return []
+    query = select(ThreadRun).where(
+        col(ThreadRun.id).in_(run_ids), col(ThreadRun.status) == "completed"
     )
     return list((await db.exec(query)).all())
 
@@ -119,7 +119,12 @@ async def run_steps(db: AsyncSession, *, run_id: str) -> list[RunStep]:
 async def update_thread_sandbox(db: AsyncSession, *, thread_id: str, **values: Any) -> None:
     """Set the thread's sandbox columns (`session_id`, `placed`, `outputs`) alone, so that a
     concurrent change of the thread's metadata is not lost."""
-    await db.exec(update(Thread).where(col(Thread.id) == thread_id).values(**values))
+    await db.exec(
+        update(Thread)
+        .where(col(Thread.id) == thread_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def delete_thread_objects(db: AsyncSession, *, thread_id: str) -> None:

@@ -15,8 +15,9 @@ from proxy.conversations import cap
 from proxy.deps import Services
 from proxy.filestore import open_file
 from proxy.jsonutil import loads
-from storage.assistants import thread_messages, thread_runs
+from storage.assistants import completed_runs
 from storage.files import get_file
+from storage.models import ThreadMessage
 
 # Images larger than this are described to the model instead of sent.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -27,20 +28,24 @@ async def thread_context(
     tenant: str,
     *,
     run: dict[str, Any],
+    rows: list[ThreadMessage],
     paths: dict[str, str],
 ) -> list[dict[str, Any]]:
-    """The upstream messages for `run`, without what the run itself has added so far.
+    """The upstream messages for `run` from the thread's message `rows` (oldest first),
+    without what the run itself has added so far.
 
     `paths` maps file ids to where they are in /mnt/data, to say where attachments are.
     """
-    async with services.db() as db:
-        rows = await thread_messages(db, thread_id=run["thread_id"])
-        done = await thread_runs(db, thread_id=run["thread_id"], statuses=("completed",))
     messages = [loads(row.data) for row in rows if row.run_id != run["id"]]
     truncation = run.get("truncation_strategy") or {}
     if truncation.get("type") == "last_messages" and truncation.get("last_messages"):
         messages = messages[-truncation["last_messages"] :]
-    turns = [{"run_id": r.id, "hidden": loads(r.transcript)} for r in done if r.id != run["id"]]
+    shown_runs = list(dict.fromkeys(m["run_id"] for m in messages if m.get("run_id")))
+    async with services.db() as db:
+        done = await completed_runs(db, run_ids=shown_runs)
+    order = {run_id: i for i, run_id in enumerate(shown_runs)}
+    done.sort(key=lambda r: order[r.id])
+    turns = [{"run_id": r.id, "hidden": loads(r.transcript)} for r in done]
     transcripts = {
         t["run_id"]: t["hidden"]
         for t in cap(turns, services.settings.max_hidden_chars)
@@ -61,10 +66,8 @@ async def thread_context(
     return out
 
 
-async def attachment_files(services: Services, thread_id: str) -> list[str]:
-    """The files attached to the thread's messages for the code interpreter, oldest first."""
-    async with services.db() as db:
-        rows = await thread_messages(db, thread_id=thread_id)
+def attachment_files(rows: list[ThreadMessage]) -> list[str]:
+    """The files attached to the messages for the code interpreter, oldest first."""
     files: list[str] = []
     for row in rows:
         for attachment in loads(row.data).get("attachments") or []:

@@ -27,16 +27,23 @@ from proxy.coderunner import DATA, CodeRunner
 from proxy.deps import Services
 from proxy.engine import Engine, Turn
 from proxy.errors import APIError, translate
-from proxy.events import ClientCall, Done, Event, Failed, MessageDone
+from proxy.events import ClientCall, CodeDone, Done, Event, Failed, MessageDone, RoundFinished
 from proxy.jsonutil import dumps, loads
 from proxy.model import ChatCompletionsModel, add_usage
 from proxy.renderers.assistants import RunRenderer
-from storage.assistants import get_object, release_thread, update_thread_sandbox
+from storage.assistants import (
+    get_object,
+    release_thread,
+    thread_messages,
+    update_thread_sandbox,
+)
 from storage.files import get_file
-from storage.models import Assistant, Thread, ThreadRun
+from storage.models import Assistant, Thread, ThreadMessage, ThreadRun
 
 logger = logging.getLogger(__name__)
 
+# The statuses in which a run waits for nothing of its driver.
+RESTING = (*TERMINAL, "requires_action")
 # Run fields passed to the upstream as they are, when set.
 OPTIONS = ("temperature", "top_p", "reasoning_effort", "max_completion_tokens")
 
@@ -105,45 +112,52 @@ class RunDriver:
         self.stop_reason: str | None = None
         self.started = False
         self._transcript: list[dict[str, Any]] = loads(row.transcript)
+        # Changed objects not stored yet, and the steps and messages already stored.
         self._unsaved: dict[str, dict[str, Any]] = {}
         self._stored: set[str] = set()
+        self._runner: CodeRunner | None = None
+        self._sandbox: Sandbox | None = None
         # The input files the runner still had to copy in when the run began: path → id.
         self._pending: dict[str, str] = {}
 
     async def drive(self) -> None:
         """Run until the run ends or needs the client's tool outputs; never raises."""
         self.started = True
-        thread = await self._thread()
-        renderer = RunRenderer(
-            self.run,
-            files=loads(thread.outputs) if thread else {},
-            action_timeout=self.services.settings.run_action_timeout,
-        )
-        runner: CodeRunner | None = None
-        sandbox: Sandbox | None = None
+        renderer: RunRenderer | None = None
         try:
+            thread, assistant, rows = await self._load()
+            renderer = RunRenderer(
+                self.run,
+                files=loads(thread.outputs) if thread else {},
+                action_timeout=self.services.settings.run_action_timeout,
+            )
             if self.stop_reason is not None or thread is None:
                 raise asyncio.CancelledError  # stopped before it began, or its thread is gone
             await self._emit(renderer, renderer.start())
             interpreter = any(t["type"] == "code_interpreter" for t in self.run["tools"])
-            sandbox = await self._sandbox(thread, interpreter)
-            runner = await self._runner(sandbox, interpreter)
-            engine = await self._engine(runner, sandbox, interpreter)
+            self._sandbox = await self._prepare(thread, assistant, rows, interpreter)
+            self._runner = await self._attach(self._sandbox, interpreter)
+            engine = await self._engine(rows, interpreter)
             await self._loop(engine, renderer)
         except asyncio.CancelledError:
-            if self.stop_reason == "shutdown":
-                await self._emit(renderer, renderer.fail(APIError(SHUTDOWN)))
-            else:
-                await self._emit(renderer, renderer.cancel())
+            if renderer is not None:
+                shutdown = self.stop_reason == "shutdown"
+                await self._end(
+                    renderer, renderer.fail(APIError(SHUTDOWN)) if shutdown else renderer.cancel()
+                )
         except Exception as exc:
-            await self._emit(renderer, renderer.fail(translate(exc)))
+            if renderer is not None:
+                await self._end(renderer, renderer.fail(translate(exc)))
+            else:
+                logger.exception("run %s could not start", self.run["id"])
         finally:
-            try:
-                if runner is not None and sandbox is not None:
-                    await self._keep_sandbox(runner, sandbox)
-            except Exception:
-                logger.exception("could not record the sandbox of thread %s", self.run["thread_id"])
             self.feed.close()
+
+    async def _end(self, renderer: RunRenderer, frames: list[bytes]) -> None:
+        try:
+            await self._emit(renderer, frames)
+        except Exception:
+            logger.exception("run %s ended but could not be stored", self.run["id"])
 
     async def _loop(self, engine: Engine, renderer: RunRenderer) -> None:
         usage: dict[str, Any] = {}
@@ -169,7 +183,9 @@ class RunDriver:
                     if calls:
                         said["tool_calls"] = calls
                     self._transcript += [*event.hidden, said]
-                await self._emit(renderer, frames)
+                # Stored before code runs and before each further model call, so that a
+                # GET meanwhile shows what ran; text as it arrives is only sent.
+                await self._emit(renderer, frames, now=isinstance(event, CodeDone | RoundFinished))
 
     def _limit(self, done: MessageDone, usage: dict[str, Any]) -> str | None:
         """The token limit the run has reached, if any. A final answer that ended by itself
@@ -186,19 +202,21 @@ class RunDriver:
             return "max_completion_tokens"
         return None
 
-    async def _emit(self, renderer: RunRenderer, frames: list[bytes]) -> None:
-        """Store what changed, then send the frames."""
+    async def _emit(self, renderer: RunRenderer, frames: list[bytes], *, now: bool = False) -> None:
+        """Send the frames; first store what changed when it must be seen by then: every
+        change of the run's status (a client acts on it at once) and when `now`."""
         for obj in renderer.take_changes():
             self._unsaved[obj["id"]] = obj
-        if self._unsaved:
+        if self._unsaved and (now or self.run["id"] in self._unsaved):
             await self._store()
         self.feed.publish(frames)
 
     async def _store(self) -> None:
         run = self.run
+        inserted: list[str] = []
         async with self.services.db() as db:
             for obj in self._unsaved.values():
-                if obj["object"] == "thread.run":
+                if obj is run:
                     await save(
                         db,
                         obj,
@@ -212,17 +230,36 @@ class RunDriver:
                     if obj["object"] == "thread.message":
                         extra["thread_id"] = run["thread_id"]
                     db.add(new_row(obj, tenant=self.tenant, **extra))
-                    self._stored.add(obj["id"])
+                    inserted.append(obj["id"])
+            # In the same transaction as the run's end: its thread's next run may start
+            # right after, and must find the sandbox as this run left it.
+            sandbox = self._sandbox_columns() if run["status"] in RESTING else {}
             if run["status"] in TERMINAL:
-                await release_thread(db, thread_id=run["thread_id"], run_id=run["id"])
+                await release_thread(db, thread_id=run["thread_id"], run_id=run["id"], **sandbox)
+            elif sandbox:
+                await update_thread_sandbox(db, thread_id=run["thread_id"], **sandbox)
             await db.commit()
+        self._stored.update(inserted)
         self._unsaved.clear()
 
-    async def _thread(self) -> Thread | None:
+    async def _load(self) -> tuple[Thread | None, Assistant | None, list[ThreadMessage]]:
         async with self.services.db() as db:
-            return await get_object(db, Thread, tenant=self.tenant, id=self.row.thread_id)
+            thread = await get_object(db, Thread, tenant=self.tenant, id=self.row.thread_id)
+            assistant = await get_object(
+                db, Assistant, tenant=self.tenant, id=self.run["assistant_id"]
+            )
+            rows = await thread_messages(db, thread_id=self.row.thread_id)
+        return thread, assistant, rows
 
-    async def _sandbox(self, thread: Thread, interpreter: bool) -> Sandbox:
+    async def _prepare(
+        self,
+        thread: Thread,
+        assistant: Assistant | None,
+        rows: list[ThreadMessage],
+        interpreter: bool,
+    ) -> Sandbox:
+        """The thread's sandbox as this run finds it, and the input files to copy in: the
+        assistant's, the thread's and those attached to its messages."""
         sandbox = Sandbox(thread.session_id, loads(thread.placed), loads(thread.outputs))
         if not interpreter:
             return sandbox
@@ -232,32 +269,22 @@ class RunDriver:
                 await executor.get_session(self.tenant, sandbox.session_id)
             except SessionNotFound:
                 sandbox.session_id, sandbox.placed, sandbox.reset = None, {}, True
-        inputs = await self._inputs(thread)
+        inputs: list[str] = []
+        for owner in (assistant, thread):
+            if owner is not None:
+                resources = loads(owner.data).get("tool_resources") or {}
+                inputs += (resources.get("code_interpreter") or {}).get("file_ids", [])
+        inputs += attachment_files(rows)
         async with self.services.db() as db:
             sandbox.to_place = [
                 f
-                for f in inputs
+                for f in dict.fromkeys(inputs)
                 if f not in sandbox.placed
                 and await get_file(db, tenant=self.tenant, file_id=f) is not None
             ]
         return sandbox
 
-    async def _inputs(self, thread: Thread) -> list[str]:
-        """The files the run's code should find: the assistant's, the thread's and those
-        attached to the thread's messages."""
-        files: list[str] = []
-        async with self.services.db() as db:
-            assistant = await get_object(
-                db, Assistant, tenant=self.tenant, id=self.run["assistant_id"]
-            )
-        for owner in (assistant, thread):
-            if owner is not None:
-                resources = loads(owner.data).get("tool_resources") or {}
-                files += (resources.get("code_interpreter") or {}).get("file_ids", [])
-        files += await attachment_files(self.services, self.run["thread_id"])
-        return list(dict.fromkeys(files))
-
-    async def _runner(self, sandbox: Sandbox, interpreter: bool) -> CodeRunner:
+    async def _attach(self, sandbox: Sandbox, interpreter: bool) -> CodeRunner:
         # Without the interpreter the engine hands every call back and never uses the
         # executor, which may then be absent (runs with the interpreter check it exists).
         executor = cast(Executor, self.services.executor)
@@ -271,10 +298,11 @@ class RunDriver:
         self._pending = runner.pending_paths
         return runner
 
-    async def _engine(self, runner: CodeRunner, sandbox: Sandbox, interpreter: bool) -> Engine:
-        run = self.run
+    async def _engine(self, rows: list[ThreadMessage], interpreter: bool) -> Engine:
+        run, sandbox, runner = self.run, self._sandbox, self._runner
+        assert sandbox is not None and runner is not None
         paths = {**sandbox.placed, **{fid: path for path, fid in self._pending.items()}}
-        messages = await thread_context(self.services, self.tenant, run=run, paths=paths)
+        messages = await thread_context(self.services, self.tenant, run=run, rows=rows, paths=paths)
         notes: list[str] = []
         if sandbox.reset:
             notes.append(RESET_NOTE)
@@ -312,10 +340,11 @@ class RunDriver:
             turn=turn,
         )
 
-    async def _keep_sandbox(self, runner: CodeRunner, sandbox: Sandbox) -> None:
-        """Remember the thread's session, the inputs now in it and the files its code wrote."""
-        if runner.session_id is None:
-            return
+    def _sandbox_columns(self) -> dict[str, Any]:
+        """The thread's session, the inputs now in it and the files its code wrote."""
+        runner, sandbox = self._runner, self._sandbox
+        if runner is None or sandbox is None or runner.session_id is None:
+            return {}
         placed = sandbox.placed if runner.session_id == sandbox.session_id else {}
         still = runner.pending_paths
         wanted = set(sandbox.to_place)
@@ -327,12 +356,4 @@ class RunDriver:
             for saved in run.files:
                 if saved.path and saved.path.startswith(DATA + "/"):
                     outputs[saved.path] = saved.file_id
-        async with self.services.db() as db:
-            await update_thread_sandbox(
-                db,
-                thread_id=self.run["thread_id"],
-                session_id=runner.session_id,
-                placed=dump(placed),
-                outputs=dump(outputs),
-            )
-            await db.commit()
+        return {"session_id": runner.session_id, "placed": dump(placed), "outputs": dump(outputs)}

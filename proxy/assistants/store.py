@@ -84,7 +84,12 @@ async def save(db: AsyncSession, obj: dict[str, Any], **columns: Any) -> None:
     values = {"data": dump(obj), **columns}
     if model is ThreadRun:
         values["status"] = obj["status"]
-    await db.exec(update(model).where(col(model.id) == obj["id"]).values(**values))
+    await db.exec(
+        update(model)
+        .where(col(model.id) == obj["id"])
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def settle(
