@@ -8,12 +8,12 @@ VENV := .venv
 SANDBOX_VENV := .sandbox-venv
 SYSTEM_PACKAGES := bubblewrap nodejs gcc g++ python3-venv python3-seccomp e2fsprogs util-linux
 
-.PHONY: serve test lint bench system-packages clean
+.PHONY: serve test lint bench system-packages test-system-packages clean
 
 serve: $(VENV)/.installed $(SANDBOX_VENV)/.installed
 	$(VENV)/bin/codeproxy serve
 
-test: $(VENV)/.dev-installed $(SANDBOX_VENV)/.installed
+test: $(VENV)/.dev-installed $(SANDBOX_VENV)/.installed test-system-packages
 	$(VENV)/bin/pytest -q
 
 lint: $(VENV)/.dev-installed
@@ -41,6 +41,19 @@ system-packages:
 	  else \
 	    echo "missing system packages:$$missing"; \
 	    echo "run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+# The tests run every storage test on a throwaway PostgreSQL cluster too (tests/postgres.py).
+test-system-packages:
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages: postgresql"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    (apt-get install -y -q postgresql || (apt-get update -q && apt-get install -y -q postgresql)) >/dev/null; \
+	  else \
+	    echo "missing system packages: postgresql"; \
+	    echo "run: sudo apt-get install -y postgresql"; exit 1; \
 	  fi; \
 	fi
 

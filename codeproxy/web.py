@@ -1,5 +1,6 @@
-"""ASGI pieces both services share: request ids, OpenAI's error JSON, the wording of 404, 405
-and validation errors. It imports neither service; each passes in how it renders an error."""
+"""ASGI pieces both services share: how uvicorn serves them, request ids, OpenAI's error JSON,
+the wording of 404, 405 and validation errors. It imports neither service; each passes in how
+it renders an error."""
 
 import re
 import secrets
@@ -10,9 +11,24 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from codeproxy import logs
+
+# A request line plus headers larger than this is refused (400) while uvicorn parses it, before
+# any middleware, authentication or routing sees the request.
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
+
 UNKNOWN_URL = "Unknown request URL. Please check the URL and method."
 METHOD_NOT_ALLOWED = "Method not allowed for this URL."
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def server_options() -> dict[str, Any]:
+    """uvicorn options of every server of both services.
+
+    h11, not httptools (uvicorn's default when installed): httptools buffers a request head
+    of any size, so one request with a 200 MB header grew a service by as much.
+    """
+    return {"http": "h11", "h11_max_incomplete_event_size": MAX_REQUEST_HEAD_BYTES}
 
 
 def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
@@ -70,6 +86,7 @@ class RequestIdMiddleware:
             request_id = incoming if _REQUEST_ID.fullmatch(incoming) else ""
         request_id = request_id or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        logs.request_id.set(request_id)
         started = False
 
         async def send_with_id(message: Message) -> None:

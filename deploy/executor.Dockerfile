@@ -9,6 +9,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/codeproxy
 COPY pyproject.toml README.md Makefile ./
+COPY codeproxy codeproxy
 COPY proxy proxy
 COPY executor executor
 COPY storage storage

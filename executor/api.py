@@ -11,6 +11,7 @@ from typing import Protocol
 
 from executor.errors import (
     CapacityExhausted,
+    CodeTooLong,
     ExecutorError,
     FileTooLarge,
     InvalidRequest,
@@ -37,6 +38,7 @@ __all__ = [
     "TENANT_HEADER",
     "TOKEN_HEADER",
     "CapacityExhausted",
+    "CodeTooLong",
     "ExecuteRequest",
     "ExecutionError",
     "ExecutionResult",
@@ -55,6 +57,8 @@ __all__ = [
     "SessionNotFound",
     "Unauthorized",
     "UnsupportedLanguage",
+    "check_code",
+    "check_text",
     "parse_language",
     "relative_data_path",
 ]
@@ -95,8 +99,35 @@ class Executor(Protocol):
     async def list_files(self, tenant: str, session_id: str) -> list[FileEntry]: ...
 
 
+def check_text(value: str, param: str) -> None:
+    """Refuse a string that is not valid Unicode (a lone surrogate: no encoder takes it)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidRequest(
+            f"Invalid '{param}': it contains a lone surrogate ({value[e.start]!r}), which is "
+            "not valid Unicode.",
+            param=param,
+        ) from None
+
+
+def check_code(code: str, max_bytes: int) -> None:
+    """Refuse code above `max_bytes` (UTF-8) or not valid Unicode, before anything runs."""
+    try:
+        size = len(code.encode("utf-8"))
+    except UnicodeEncodeError:
+        check_text(code, "code")
+        raise
+    if size > max_bytes:
+        raise CodeTooLong(
+            f"Invalid 'code': it is {size} bytes long; the limit is {max_bytes} bytes.",
+            param="code",
+        )
+
+
 def relative_data_path(path: str) -> str:
     """Normalise a client path to one relative to /mnt/data, refusing any escape."""
+    check_text(path, "path")
     p = path.strip()
     if p.startswith(DATA_DIR + "/"):
         p = p[len(DATA_DIR) + 1 :]

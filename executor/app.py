@@ -15,12 +15,15 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from codeproxy.metrics import HttpMetrics, MetricsMiddleware
+from codeproxy.metrics import render as render_metrics
 from codeproxy.web import (
     METHOD_NOT_ALLOWED,
     UNKNOWN_URL,
@@ -34,8 +37,9 @@ from executor.settings import ExecutorSettings
 
 logger = logging.getLogger(__name__)
 
-# Routes anyone may call: health checks come from load balancers without the token.
-PUBLIC_PATHS = frozenset({"/health"})
+# Routes anyone may call: health checks come from load balancers, scrapes from Prometheus,
+# without the token. Neither reveals more than counts and the node's name.
+PUBLIC_PATHS = frozenset({"/health", "/metrics"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
@@ -44,13 +48,19 @@ class MethodNotAllowed(InvalidRequest):
     code = "method_not_allowed"
 
 
-def create_app(settings: ExecutorSettings, *, service: Executor | None = None) -> FastAPI:
+def create_app(
+    settings: ExecutorSettings,
+    *,
+    service: Executor | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
     """Build the internal API.
 
     Without `service`, the app builds an `ExecutorService` from `settings` and owns it: the
     lifespan starts it and closes it. An injected service is owned, started and closed by the
-    caller.
+    caller. `/metrics` shows `registry` (an owned service records its metrics there).
     """
+    registry = registry if registry is not None else CollectorRegistry()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +70,7 @@ def create_app(settings: ExecutorSettings, *, service: Executor | None = None) -
             return
         from executor.service import ExecutorService
 
-        owned = ExecutorService(settings)
+        owned = ExecutorService(settings, registry=registry)
         try:
             await owned.start()
             app.state.executor = owned
@@ -88,8 +98,10 @@ def create_app(settings: ExecutorSettings, *, service: Executor | None = None) -
     app.add_exception_handler(RequestValidationError, handle)
     app.add_exception_handler(StarletteHTTPException, handle)
     app.add_exception_handler(ClientDisconnect, handle)
+    app.add_route("/metrics", lambda _request: render_metrics(registry), include_in_schema=False)
     token = settings.internal_token.get_secret_value() if settings.internal_token else None
     app.add_middleware(InternalAuthMiddleware, token=token)
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(registry), added_latency=False)
     app.add_middleware(
         RequestIdMiddleware, render=lambda exc: _render(_translate(exc)), accept_incoming=True
     )

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from codeproxy import logs
 from executor.api import TENANT_HEADER, Executor
 from executor.errors import InvalidRequest
 
@@ -31,6 +32,7 @@ async def get_tenant(
         raise InvalidRequest(f"Missing required header {TENANT_HEADER}.", param=TENANT_HEADER)
     if len(tenant) > MAX_TENANT_LENGTH or not tenant.isprintable():
         raise InvalidRequest(f"Invalid {TENANT_HEADER} header.", param=TENANT_HEADER)
+    logs.tenant.set(tenant)
     return tenant
 
 

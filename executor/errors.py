@@ -1,8 +1,11 @@
 """Errors of the execution service.
 
     ExecutorError                    500 server_error
+    ├── SandboxRequestFailed         500 server_error / sandbox_request_failed (one request;
+    │                                    the sandbox lives on)
     ├── InvalidRequest               400 invalid_request_error
-    │   └── UnsupportedLanguage      400 invalid_request_error / unsupported_language
+    │   ├── UnsupportedLanguage      400 invalid_request_error / unsupported_language
+    │   └── CodeTooLong              400 invalid_request_error / string_above_max_length
     ├── Unauthorized                 401 invalid_request_error / invalid_internal_token
     ├── NotFound                     404 invalid_request_error
     │   ├── SessionNotFound              / session_not_found
@@ -46,6 +49,10 @@ class ExecutorError(Exception):
         }
 
 
+class SandboxRequestFailed(ExecutorError):
+    code = "sandbox_request_failed"
+
+
 class InvalidRequest(ExecutorError):
     status = 400
     type = "invalid_request_error"
@@ -54,6 +61,10 @@ class InvalidRequest(ExecutorError):
 
 class UnsupportedLanguage(InvalidRequest):
     code = "unsupported_language"
+
+
+class CodeTooLong(InvalidRequest):
+    code = "string_above_max_length"
 
 
 class Unauthorized(ExecutorError):

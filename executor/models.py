@@ -79,6 +79,9 @@ class SessionInfo(BaseModel):
     last_active_at: float
     expires_at: float
     executions: int = 0
+    # The node holding the session and that node's boot (set when the session is created).
+    node_id: str | None = None
+    boot_id: str | None = None
 
 
 class PoolHealth(BaseModel):
@@ -88,3 +91,8 @@ class PoolHealth(BaseModel):
     sandboxes: int
     max_sandboxes: int
     busy: int
+    # Who answers: a stable node id, and a boot id new at every start of the service (a new
+    # one means every session the node held before is gone). None for a sum over nodes.
+    node_id: str | None = None
+    boot_id: str | None = None
+    sessions: int = 0

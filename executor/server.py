@@ -5,6 +5,7 @@ import logging
 
 import uvicorn
 
+from codeproxy.web import server_options
 from executor.app import create_app
 from executor.settings import ExecutorSettings
 
@@ -51,6 +52,9 @@ def serve(settings: ExecutorSettings) -> None:
         port=settings.port,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        # The caller's logging configuration stays in charge.
+        # The caller's logging configuration stays in charge; the access line comes from the
+        # app's MetricsMiddleware, in that configuration.
         log_config=None,
+        access_log=False,
+        **server_options(),
     )

@@ -15,7 +15,10 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
-from executor.api import DATA_DIR, relative_data_path
+from prometheus_client import CollectorRegistry
+
+from codeproxy import logs
+from executor.api import DATA_DIR, check_code, relative_data_path
 from executor.backend import Sandbox, SandboxBackend
 from executor.errors import (
     ExecutorError,
@@ -25,6 +28,7 @@ from executor.errors import (
     SessionNotFound,
 )
 from executor.languages import Language, parse_language
+from executor.metrics import ExecutorMetrics, MeasuredBackend, PoolState
 from executor.models import (
     ExecuteRequest,
     ExecutionResult,
@@ -33,6 +37,7 @@ from executor.models import (
     RunOutcome,
     SessionInfo,
 )
+from executor.node import new_boot_id, node_id
 from executor.pool import SandboxPool
 from executor.settings import ExecutorSettings
 
@@ -90,17 +95,29 @@ class _Session:
 class ExecutorService:
     """Sandbox sessions for tenants, run in this process."""
 
-    def __init__(self, settings: ExecutorSettings, backend: SandboxBackend | None = None) -> None:
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        backend: SandboxBackend | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._settings = settings
+        self.metrics = ExecutorMetrics(registry if registry is not None else CollectorRegistry())
         self._backend = backend if backend is not None else make_backend(settings)
         self._pool = SandboxPool(
-            self._backend,
+            # The pool starts every sandbox: measured there, all starts are counted.
+            MeasuredBackend(self._backend, self.metrics),
             size=settings.pool_size,
             max_sandboxes=settings.max_sandboxes,
             max_per_tenant=settings.max_sandboxes_per_tenant,
             acquire_timeout=settings.acquire_timeout,
         )
         self._sessions: dict[str, _Session] = {}
+        self._node_id = node_id(settings.node_id, settings.port)
+        self._boot_id = new_boot_id()
+        self._waiting = 0
+        self.metrics.watch_pool(self._pool_state)
         self._reaper: asyncio.Task[None] | None = None
         self._disposals: set[asyncio.Task[None]] = set()
         self._running = False
@@ -143,6 +160,19 @@ class ExecutorService:
             sandboxes=self._pool.slots,
             max_sandboxes=self._pool.max_sandboxes,
             busy=sum(1 for s in self._sessions.values() if s.busy),
+            node_id=self._node_id,
+            boot_id=self._boot_id,
+            sessions=len(self._sessions),
+        )
+
+    def _pool_state(self) -> PoolState:
+        return PoolState(
+            warm=self._pool.warm,
+            sandboxes=self._pool.slots,
+            capacity=self._pool.max_sandboxes,
+            busy=sum(1 for s in self._sessions.values() if s.busy),
+            sessions=len(self._sessions),
+            waiting=self._waiting,
         )
 
     async def create_session(self, tenant: str) -> SessionInfo:
@@ -152,7 +182,11 @@ class ExecutorService:
             await self._reap_expired()
         if self._pool.leases(tenant) >= self._settings.max_sandboxes_per_tenant:
             self._evict_idle(tenant)
-        sandbox = await self._pool.acquire(tenant)
+        self._waiting += 1
+        try:
+            sandbox = await self._pool.acquire(tenant)
+        finally:
+            self._waiting -= 1
         now = time.time()
         session = _Session(
             id=f"cntr_{secrets.token_hex(16)}",
@@ -167,7 +201,8 @@ class ExecutorService:
             raise SandboxUnavailable("The executor is shutting down.")
         self._sessions[session.id] = session
         logger.info("session %s created for tenant %s on %s", session.id, tenant, sandbox.id)
-        return session.info(self._settings.session_idle_timeout)
+        info = session.info(self._settings.session_idle_timeout)
+        return info.model_copy(update={"node_id": self._node_id, "boot_id": self._boot_id})
 
     async def get_session(self, tenant: str, session_id: str) -> SessionInfo:
         return self._session(tenant, session_id).info(self._settings.session_idle_timeout)
@@ -184,12 +219,14 @@ class ExecutorService:
     async def delete_session(self, tenant: str, session_id: str) -> None:
         session = self._session(tenant, session_id)
         self._sessions.pop(session.id, None)
+        self.metrics.sessions_ended.labels("deleted").inc()
         logger.info("session %s deleted", session.id)
         await self._dispose(session)
 
     async def execute(self, tenant: str, request: ExecuteRequest) -> ExecutionResult:
         """Run code in the session; cancelling the call interrupts the code and frees the lease."""
         language = parse_language(request.language)
+        check_code(request.code, self._settings.max_code_bytes)
         timeout = self._timeout(request.timeout)
         session = self._session(tenant, request.session_id)
         async with session.lease:
@@ -203,6 +240,7 @@ class ExecutorService:
                 if before is None:
                     before = await sandbox.list_files()
                 outcome = await self._run(session, sandbox, request.code, language, timeout)
+                self.metrics.record(language.value, outcome)
                 if session.deleted:
                     raise self._gone(session.id)
                 files = await self._changed_files(session, sandbox, before)
@@ -270,8 +308,10 @@ class ExecutorService:
         session = self._sessions.get(session_id)
         if session is None or session.tenant != tenant:
             raise self._gone(session_id)
+        logs.session_id.set(session_id)
         if self._expired(session, time.time()):
             self._sessions.pop(session.id, None)
+            self.metrics.sessions_ended.labels("expired").inc()
             self._dispose_later(session)
             raise self._gone(session_id)
         return session
@@ -384,6 +424,7 @@ class ExecutorService:
             return
         oldest = min(idle, key=lambda s: s.last_active_at)
         self._sessions.pop(oldest.id, None)
+        self.metrics.sessions_ended.labels("evicted").inc()
         logger.info("session %s ended to make room for a new one of its tenant", oldest.id)
         # It is idle, so nothing runs in it: its sandbox can close while the new one starts.
         oldest.deleted = True
@@ -395,6 +436,7 @@ class ExecutorService:
         expired = [s for s in self._sessions.values() if self._expired(s, now)]
         for session in expired:
             self._sessions.pop(session.id, None)
+            self.metrics.sessions_ended.labels("expired").inc()
             logger.info("session %s expired after idling", session.id)
         await asyncio.gather(*(self._dispose(s) for s in expired), return_exceptions=True)
 

@@ -20,6 +20,8 @@ class ExecutorSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     internal_token: SecretStr | None = None
+    # This node's name among execution nodes; unset: "<hostname>:<port>".
+    node_id: str | None = None
 
     sandbox_backend: Literal["local", "e2b"] = "local"
     # The read-only Python environment mounted at /opt/venv inside local sandboxes.
@@ -50,6 +52,8 @@ class ExecutorSettings(BaseSettings):
     exec_timeout_max: float = Field(default=300.0, gt=0)
     interrupt_grace: float = Field(default=2.0, ge=0)
     max_output_bytes: int = Field(default=1 * MIB, ge=1024)
+    # Code larger than this is refused before it reaches a sandbox.
+    max_code_bytes: int = Field(default=1 * MIB, ge=1024)
 
     memory_limit_mb: int = Field(default=1024, ge=128)
     pids_limit: int = Field(default=256, ge=32)

@@ -8,7 +8,10 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry
 
+from codeproxy.metrics import MetricsMiddleware
+from codeproxy.metrics import render as render_metrics
 from codeproxy.web import RequestIdMiddleware
 from executor.api import Executor
 from proxy import assistants
@@ -16,15 +19,18 @@ from proxy.assistants.manager import RunManager
 from proxy.auth import Authenticator
 from proxy.deps import Services
 from proxy.errors import install_handlers, render_unexpected
+from proxy.fleet import Fleet
 from proxy.jsonutil import JSONResponse
+from proxy.metrics import CountedBlobStore, ProxyMetrics
 from proxy.routes import chat, code_interpreter, downloads, files, health, models
 from proxy.settings import Settings
 from proxy.upstream import Upstream
-from storage.blobs import LocalBlobStore
+from storage.blobs import open_blob_store
 from storage.conversations import purge_conversations
-from storage.db import create_engine, create_tables, session_factory
+from storage.db import create_engine, session_factory
 from storage.executions import forget_old_content
 from storage.files import expired_files
+from storage.migrate import prepare
 
 logger = logging.getLogger(__name__)
 
@@ -39,24 +45,45 @@ def create_app(
     settings: Settings,
     *,
     executor: Executor | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     """Build the API service.
 
     `executor` is the execution service to use (the all-in-one entrypoint passes an in-process
     one); without it, `settings.executor_url` names remote executors, and with neither the
     code interpreter is unavailable. The app owns the executor: it starts and closes it.
+    `/metrics` shows `registry` (the all-in-one entrypoint shares one with its executor).
     """
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = ProxyMetrics(registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(settings.database)
-        await create_tables(engine)
+        engine = create_engine(
+            settings.database,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
+        try:
+            await prepare(engine, migrate=settings.auto_migrate)
+        except BaseException:
+            await engine.dispose()
+            raise
+        metrics.watch_database(engine)
         db = session_factory(engine)
-        blobs = LocalBlobStore(settings.data_dir / "blobs")
-        blobs.setup()
+        blobs = CountedBlobStore(
+            open_blob_store(settings.blobs, s3_endpoint_url=settings.s3_endpoint_url),
+            metrics.blob_errors,
+        )
         signing_key = settings.signing_key()
-        upstream = Upstream(settings)
+        if settings.secret_key is None and engine.dialect.name != "sqlite":
+            logger.warning(
+                "no CODEPROXY_SECRET_KEY: this replica signs JWTs and links with a key of its "
+                "own (in %s), which other replicas reject; set the same key on every replica",
+                settings.data_dir,
+            )
+        upstream = Upstream(settings, metrics)
         if settings.upstream_api_key is None:
             logger.warning(
                 "no CODEPROXY_UPSTREAM_API_KEY (or OPENAI_API_KEY): requests reach %s without "
@@ -69,10 +96,12 @@ def create_app(
                 raise RuntimeError(
                     "CODEPROXY_INTERNAL_TOKEN is required with CODEPROXY_EXECUTOR_URL"
                 )
-            from executor.client import HttpExecutorClient
-
-            remote = HttpExecutorClient(
-                settings.executor_url, settings.internal_token.get_secret_value()
+            remote = Fleet(
+                settings.executor_url,
+                settings.internal_token.get_secret_value(),
+                db,
+                heartbeat_interval=settings.node_heartbeat_interval,
+                dead_after=settings.node_dead_after,
             )
         if remote is not None:
             await remote.start()
@@ -85,9 +114,11 @@ def create_app(
                 static_keys=[k.get_secret_value() for k in settings.api_keys],
                 signing_key=signing_key,
                 sessions=db,
+                cache_ttl=settings.key_cache_ttl,
             ),
             executor=remote,
             signing_key=signing_key,
+            metrics=metrics,
         )
         sweeper = asyncio.create_task(_housekeeping(app.state.services))
         app.state.runs = RunManager(app.state.services)
@@ -127,6 +158,8 @@ def create_app(
     app.include_router(api, prefix="/v1")
     # Clients whose base URL lacks /v1 reach the same routes.
     app.include_router(api, include_in_schema=False)
+    app.add_route("/metrics", lambda _request: render_metrics(registry), include_in_schema=False)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, added_latency=True)
     app.add_middleware(RequestIdMiddleware, render=render_unexpected)
     return app
 

@@ -5,6 +5,8 @@ A token is a static key from CODEPROXY_API_KEYS (each its own tenant), a key sto
 """
 
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from jose import JWTError, jwt
@@ -15,6 +17,7 @@ from proxy.errors import AuthenticationError
 from storage.keys import find_key, hash_key
 
 ALGORITHM = "HS256"
+KEY_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +58,26 @@ def verify_token(signing_key: str, token: str) -> str:
 
 
 class Authenticator:
+    """Resolves tokens to tenants. Stored keys found in the database are trusted for
+    `cache_ttl` seconds without asking again, so a revoked key stops working within that time
+    in every process."""
+
     def __init__(
         self,
         *,
         static_keys: list[str],
         signing_key: str,
         sessions: async_sessionmaker[AsyncSession],
+        cache_ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._static = {hash_key(k): static_tenant(k) for k in static_keys}
         self._signing_key = signing_key
         self._sessions = sessions
+        self._ttl = cache_ttl
+        self._clock = clock
+        # key hash -> (tenant, trusted until); oldest first, bounded.
+        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     async def authenticate(self, authorization: str | None) -> Tenant:
         if not authorization:
@@ -79,11 +92,22 @@ class Authenticator:
             raise AuthenticationError("Invalid Authorization header: expected 'Bearer <key>'.")
         if token.count(".") == 2:
             return Tenant(verify_token(self._signing_key, token))
-        static = self._static.get(hash_key(token))
+        hashed = hash_key(token)
+        static = self._static.get(hashed)
         if static is not None:
             return Tenant(static)
+        cached = self._cache.get(hashed)
+        now = self._clock()
+        if cached is not None and cached[1] > now:
+            return Tenant(cached[0])
         async with self._sessions() as db:
             row = await find_key(db, key=token)
         if row is None:
+            self._cache.pop(hashed, None)
             raise AuthenticationError("Incorrect API key provided.")
+        if self._ttl > 0:
+            self._cache[hashed] = (row.tenant, now + self._ttl)
+            self._cache.move_to_end(hashed)
+            while len(self._cache) > KEY_CACHE_SIZE:
+                self._cache.popitem(last=False)
         return Tenant(row.tenant)

@@ -10,7 +10,7 @@ from proxy.coderunner import DATA, CodeRunner, SavedFile
 from proxy.conversations import Memory, cap, rebuild, recall, remember, visible
 from proxy.deps import Services, get_executor
 from proxy.engine import Engine, Turn
-from proxy.errors import APIError
+from proxy.errors import APIError, PayloadTooLargeError
 from proxy.events import Done, Event, Failed, MessageDone, TextDelta
 from proxy.filestore import store_file
 from proxy.ids import new_id
@@ -63,6 +63,7 @@ class FileLinks:
                 return self.url(SavedFile(row.id, row.filename, row.bytes, path))
         if self.runner.session_id is None:
             return None
+        settings = self.services.settings
         try:
             chunks = await self.runner.executor.read_file(
                 self.runner.tenant, self.runner.session_id, path
@@ -74,9 +75,10 @@ class FileLinks:
                 filename=path.rsplit("/", 1)[-1],
                 purpose="assistants_output",
                 chunks=chunks,
-                max_bytes=self.services.settings.max_upload_bytes,
+                max_bytes=min(settings.max_upload_bytes, settings.max_export_bytes),
+                quota=settings.storage_quota_bytes,
             )
-        except ExecutorError:
+        except (ExecutorError, PayloadTooLargeError):
             return None
         self.known[path] = row.id
         return self.url(SavedFile(row.id, row.filename, row.bytes, path))

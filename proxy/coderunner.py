@@ -11,8 +11,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from executor.api import ExecuteRequest, ExecutionResult, Executor, ExecutorError
+from codeproxy import logs
+from codeproxy.metrics import waiting
+from executor.api import (
+    ExecuteRequest,
+    ExecutionResult,
+    Executor,
+    ExecutorError,
+    FileEntry,
+    SandboxFileNotFound,
+    check_code,
+)
 from proxy.deps import Services
+from proxy.errors import PayloadTooLargeError, QuotaExceededError
 from proxy.filestore import open_file, require_file, store_file
 from proxy.ids import new_id
 from proxy.interpreter import strip_ansi
@@ -22,6 +33,16 @@ from storage.models import Execution, File
 
 DATA = "/mnt/data"
 IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/gif": "gif"}
+# The audit record keeps this much of the code and of each output stream.
+AUDIT_CODE_CHARS = 64 * 1024
+AUDIT_OUTPUT_CHARS = 10_000
+# Why an output was not stored, as the model and the client are told.
+SKIP_REASONS = {
+    "export_limit": "over the export limit of one execution",
+    "storage_quota": "the storage quota is used up",
+    "invalid_name": "its name is not valid UTF-8",
+    "unreadable": "it could not be read",
+}
 
 
 @dataclass
@@ -43,6 +64,22 @@ class SavedFile:
 
 
 @dataclass
+class SkippedFile:
+    """An output that was not stored, and why (a key of SKIP_REASONS)."""
+
+    path: str
+    bytes: int
+    reason: str
+
+    def public(self) -> dict[str, Any]:
+        return {"path": self.path, "bytes": self.bytes, "reason": self.reason}
+
+    def note(self) -> str:
+        """One line for the model."""
+        return f"{self.path} ({self.bytes} bytes): {SKIP_REASONS[self.reason]}"
+
+
+@dataclass
 class Run:
     """One execution as this service reports it."""
 
@@ -52,6 +89,7 @@ class Run:
     result: ExecutionResult
     files: list[SavedFile] = field(default_factory=list)
     images: list[SavedFile] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
 
     def logs(self) -> str:
         """What the run printed, its last expression's value and its error, as one text."""
@@ -84,6 +122,7 @@ class Run:
             "results": [o.model_dump() for o in r.results],
             "files": [f.public() for f in self.files],
             "images": [f.public() for f in self.images],
+            "skipped_files": [f.public() for f in self.skipped],
         }
 
 
@@ -138,6 +177,7 @@ class CodeRunner:
         """The session to run in: the attached one, or a new one; input files copied in."""
         if self.session_id is None:
             self.session_id = (await self.executor.create_session(self.tenant)).id
+        logs.session_id.set(self.session_id)
         while self._pending:
             name, row = next(iter(self._pending.items()))
             chunks = await open_file(self.services.blobs, row)
@@ -146,16 +186,19 @@ class CodeRunner:
         return self.session_id
 
     async def run(self, code: str, language: str, *, timeout: float | None = None) -> Run:
-        session_id = await self.session()
-        result = await self.executor.execute(
-            self.tenant,
-            ExecuteRequest(
-                session_id=session_id,
-                code=code,
-                language=language,
-                timeout=timeout or self.services.settings.code_timeout,
-            ),
-        )
+        # An InvalidRequest of the executor's, as it would answer: the loop tells the model.
+        check_code(code, self.services.settings.max_code_bytes)
+        with waiting("executor"):
+            session_id = await self.session()
+            result = await self.executor.execute(
+                self.tenant,
+                ExecuteRequest(
+                    session_id=session_id,
+                    code=code,
+                    language=language,
+                    timeout=timeout or self.services.settings.code_timeout,
+                ),
+            )
         run = Run(id=new_id("exec_"), code=code, language=result.language, result=result)
         await self._save_outputs(run)
         self.runs.append(run)
@@ -163,47 +206,90 @@ class CodeRunner:
         return run
 
     async def _save_outputs(self, run: Run) -> None:
+        """Store what the run produced, within the export budget and the tenant's quota.
+
+        Sizes are checked before anything is copied: a sparse file of a few KB in the sandbox
+        reads as its full length. Whatever does not fit is skipped and reported.
+        """
         settings = self.services.settings
-        budget = settings.max_output_files
-        for entry in run.result.files[:budget]:
+        count = settings.max_output_files
+        budget = settings.max_export_bytes
+        for entry in run.result.files[:count]:
+            if entry.size > budget:
+                run.skipped.append(SkippedFile(entry.path, entry.size, "export_limit"))
+                continue
             try:
                 chunks = await self.executor.read_file(
                     self.tenant, run.result.session_id, entry.path
                 )
+            except SandboxFileNotFound:
+                reason = "invalid_name" if "\ufffd" in entry.path else "unreadable"
+                run.skipped.append(SkippedFile(entry.path, entry.size, reason))
+                continue
             except ExecutorError:
-                continue  # deleted again or replaced by something unreadable meanwhile
-            row = await self._store(posixpath.basename(entry.path), chunks)
-            run.files.append(SavedFile(row.id, row.filename, row.bytes, entry.path))
-        budget -= len(run.files)
+                run.skipped.append(SkippedFile(entry.path, entry.size, "unreadable"))
+                continue
+            row = await self._store(posixpath.basename(entry.path), chunks, budget, run, entry)
+            if row is not None:
+                budget -= row.bytes
+                run.files.append(SavedFile(row.id, row.filename, row.bytes, entry.path))
+        count -= len(run.files)
         for output in run.result.results:
             for mime, ext in IMAGE_TYPES.items():
-                if mime in output.data and budget > 0:
+                if mime in output.data and count > 0:
                     data = base64.b64decode(output.data[mime])
-                    row = await self._store(
-                        f"image_{run.id[5:13]}_{len(run.images) + 1}.{ext}", _once(data)
-                    )
-                    run.images.append(SavedFile(row.id, row.filename, row.bytes))
-                    budget -= 1
+                    name = f"image_{run.id[5:13]}_{len(run.images) + 1}.{ext}"
+                    if len(data) > budget:
+                        run.skipped.append(SkippedFile(name, len(data), "export_limit"))
+                        break
+                    row = await self._store(name, _once(data), budget, run)
+                    if row is not None:
+                        budget -= row.bytes
+                        run.images.append(SavedFile(row.id, row.filename, row.bytes))
+                        count -= 1
                     break
 
-    async def _store(self, filename: str, chunks: AsyncIterator[bytes]) -> File:
-        return await store_file(
-            self.services.db,
-            self.services.blobs,
-            tenant=self.tenant,
-            filename=filename,
-            purpose="assistants_output",
-            chunks=chunks,
-            max_bytes=self.services.settings.max_upload_bytes,
-        )
+    async def _store(
+        self,
+        filename: str,
+        chunks: AsyncIterator[bytes],
+        budget: int,
+        run: Run,
+        entry: FileEntry | None = None,
+    ) -> File | None:
+        """Store one output; None (and a skipped entry) when a limit stops it."""
+        settings = self.services.settings
+        path = entry.path if entry is not None else filename
+        try:
+            return await store_file(
+                self.services.db,
+                self.services.blobs,
+                tenant=self.tenant,
+                filename=filename,
+                purpose="assistants_output",
+                chunks=chunks,
+                max_bytes=min(settings.max_upload_bytes, budget),
+                quota=settings.storage_quota_bytes,
+            )
+        except QuotaExceededError:
+            reason = "storage_quota"
+        except PayloadTooLargeError:
+            # It grew past the budget while being copied.
+            reason = "export_limit"
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        run.skipped.append(SkippedFile(path, entry.size if entry else 0, reason))
+        return None
 
     async def _record(self, run: Run) -> None:
         r = run.result
         status = "timeout" if r.timed_out else "error" if r.error or r.exit_code else "ok"
         keep = self.services.settings.execution_retention_days > 0
         output = {
-            "stdout": r.stdout[:10_000],
-            "stderr": r.stderr[:10_000],
+            "stdout": r.stdout[:AUDIT_OUTPUT_CHARS],
+            "stderr": r.stderr[:AUDIT_OUTPUT_CHARS],
             "error": r.error.model_dump() if r.error else None,
         }
         async with self.services.db() as db:
@@ -217,7 +303,7 @@ class CodeRunner:
                     status=status,
                     duration_ms=r.duration_ms,
                     created_at=int(time.time()),
-                    code=run.code if keep else None,
+                    code=_truncated(run.code, AUDIT_CODE_CHARS) if keep else None,
                     output=dumps(output).decode() if keep else None,
                     file_ids=dumps([f.file_id for f in run.files + run.images]).decode(),
                 )
@@ -227,3 +313,9 @@ class CodeRunner:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+def _truncated(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n…[{len(text) - limit} characters not kept]"

@@ -8,9 +8,11 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from codeproxy import logs
 from executor.api import Executor
 from proxy.auth import Authenticator, Tenant
 from proxy.errors import ServiceUnavailableError
+from proxy.metrics import ProxyMetrics
 from proxy.settings import Settings
 from proxy.upstream import Upstream
 from storage.blobs import BlobStore
@@ -25,6 +27,7 @@ class Services:
     auth: Authenticator
     executor: Executor | None
     signing_key: str
+    metrics: ProxyMetrics
 
 
 # Dependencies are `async def` even when they do not await: FastAPI runs plain functions in
@@ -40,7 +43,9 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 async def get_tenant(request: Request, services: ServicesDep) -> Tenant:
-    return await services.auth.authenticate(request.headers.get("authorization"))
+    tenant = await services.auth.authenticate(request.headers.get("authorization"))
+    logs.tenant.set(tenant.id)
+    return tenant
 
 
 TenantDep = Annotated[Tenant, Depends(get_tenant)]

@@ -249,6 +249,7 @@ class Engine:
                 tool_result(
                     run.result,
                     saved_files=[(f.path or f.filename, f.bytes) for f in run.files],
+                    skipped_files=[f.note() for f in run.skipped],
                     images=len(run.images),
                     limit=self.settings.tool_result_max_chars,
                 ),

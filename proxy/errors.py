@@ -6,13 +6,15 @@
     ├── NotFoundError                 404 invalid_request_error
     ├── MethodNotAllowedError         405 invalid_request_error / method_not_allowed
     ├── PayloadTooLargeError          413 invalid_request_error / file_too_large
+    │   └── QuotaExceededError        413 insufficient_quota / insufficient_quota
     ├── UpstreamError                 the upstream's own status and body, passed through
     ├── UpstreamUnreachableError      502 server_error / upstream_unreachable
     └── ServiceUnavailableError       503 service_unavailable_error
 
 Foreign errors are translated here and nowhere else: Starlette's HTTP errors, request
-validation errors, the execution service's `ExecutorError`s, and anything unexpected (a 500
-whose message hides the details, which are logged).
+validation errors, the execution service's `ExecutorError`s, a failing blob store (503
+storage_unavailable), and anything unexpected (a 500 whose message hides the details, which
+are logged).
 """
 
 import logging
@@ -32,6 +34,7 @@ from codeproxy.web import (
 )
 from executor.api import ExecutorError
 from proxy.jsonutil import JSONResponse
+from storage.blobs import BlobStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,13 @@ class PayloadTooLargeError(APIError):
     default_code = "file_too_large"
 
 
+class QuotaExceededError(PayloadTooLargeError):
+    """The tenant's stored files would pass its storage quota (413: retrying cannot help)."""
+
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
 class UpstreamError(APIError):
     """The upstream answered with an error: its status, body and retry headers pass through."""
 
@@ -136,6 +146,11 @@ def translate(exc: BaseException) -> APIError:
             exc.message, param=exc.param, code=exc.code, headers=headers
         )
         return err
+    if isinstance(exc, BlobStoreError):
+        logger.error("the blob store failed: %s", exc)
+        return ServiceUnavailableError(
+            "The file store is unavailable; retry later.", code="storage_unavailable"
+        )
     logger.error("unexpected error", exc_info=exc)
     return APIError("The server had an error while processing your request.")
 

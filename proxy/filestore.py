@@ -9,10 +9,10 @@ from urllib.parse import quote
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from proxy.errors import NotFoundError, PayloadTooLargeError
+from proxy.errors import NotFoundError, PayloadTooLargeError, QuotaExceededError
 from proxy.ids import new_id
 from storage.blobs import BlobInfo, BlobNotFound, BlobStore, BlobTooLarge
-from storage.files import get_file
+from storage.files import get_file, used_bytes
 from storage.models import File
 
 GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream", ""}
@@ -38,14 +38,52 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
     return f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
 
 
+class StorageRoom:
+    """A tenant's storage quota and its use, as counted before storing something."""
+
+    def __init__(self, *, quota: int, used: int) -> None:
+        self.quota = quota
+        self.used = used
+
+    @property
+    def left(self) -> int:
+        return max(0, self.quota - self.used)
+
+    def exceeded(self, size: int | None = None) -> QuotaExceededError:
+        what = f"{size} more bytes" if size is not None else "More bytes"
+        return QuotaExceededError(
+            f"{what} would exceed your storage quota of {self.quota} bytes ({self.used} bytes "
+            "in use). Delete files you no longer need, then retry.",
+            param="file",
+        )
+
+
+async def storage_room(
+    db: async_sessionmaker[AsyncSession], *, tenant: str, quota: int
+) -> StorageRoom:
+    """What the tenant may still store under its quota."""
+    async with db() as session:
+        used = await used_bytes(session, tenant=tenant)
+    return StorageRoom(quota=quota, used=used)
+
+
 async def save_blob(
-    blobs: BlobStore, chunks: AsyncIterable[bytes], *, max_bytes: int
+    blobs: BlobStore,
+    chunks: AsyncIterable[bytes],
+    *,
+    max_bytes: int,
+    room: StorageRoom | None = None,
 ) -> tuple[str, BlobInfo]:
-    """Store bytes under a new file id; nothing is kept if they exceed `max_bytes`."""
+    """Store bytes under a new file id; nothing is kept past `max_bytes` or the quota."""
+    limit = max_bytes if room is None else min(max_bytes, room.left)
+    if room is not None and room.left == 0:
+        raise room.exceeded()
     file_id = new_id("file-")
     try:
-        return file_id, await blobs.put(file_id, chunks, max_bytes=max_bytes)
+        return file_id, await blobs.put(file_id, chunks, max_bytes=limit)
     except BlobTooLarge:
+        if room is not None and limit < max_bytes:
+            raise room.exceeded() from None
         raise PayloadTooLargeError(
             f"File is too large: the limit is {max_bytes} bytes.", param="file"
         ) from None
@@ -96,10 +134,13 @@ async def store_file(
     purpose: str,
     chunks: AsyncIterable[bytes],
     max_bytes: int,
+    quota: int,
     content_type: str | None = None,
 ) -> File:
-    """Store bytes, then their row; on any failure nothing is kept."""
-    file_id, blob = await save_blob(blobs, chunks, max_bytes=max_bytes)
+    """Store bytes, then their row, within the tenant's `quota`; on any failure nothing is
+    kept (QuotaExceededError or PayloadTooLargeError past the limits)."""
+    room = await storage_room(db, tenant=tenant, quota=quota)
+    file_id, blob = await save_blob(blobs, chunks, max_bytes=max_bytes, room=room)
     return await add_file_row(
         db,
         blobs,

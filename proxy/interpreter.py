@@ -113,6 +113,7 @@ def tool_result(
     saved_files: list[tuple[str, int]],
     images: int,
     limit: int,
+    skipped_files: list[str] | None = None,
 ) -> str:
     """What the model reads back after one execution."""
     parts: list[str] = []
@@ -143,6 +144,9 @@ def tool_result(
     if saved_files:
         listing = "\n".join(f"{path} ({size} bytes)" for path, size in saved_files)
         parts.append(f"[files saved and given to the user]\n{listing}")
+    if skipped_files:
+        listing = "\n".join(skipped_files)
+        parts.append(f"[files NOT saved for the user]\n{listing}")
     if result.exit_code not in (None, 0) and result.error is None:
         parts.append(f"[exit code {result.exit_code}]")
     if not parts:

@@ -29,18 +29,40 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     database_url: str | None = None
+    # Migrate the schema at start (under a lock, safe with many replicas); false: refuse to
+    # start until `codeproxy db upgrade` has run.
+    auto_migrate: bool = True
+    # PostgreSQL connections per process: budget replicas * workers * (size + overflow).
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    blob_url: str | None = None
+    s3_endpoint_url: str | None = None
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     secret_key: SecretStr | None = None
 
     executor_url: Annotated[list[str], NoDecode] = Field(default_factory=list)
     internal_token: SecretStr | None = None
+    # Execution nodes are polled this often; one unheard of for `node_dead_after` is dead.
+    node_heartbeat_interval: float = Field(default=5.0, gt=0)
+    node_dead_after: float = Field(default=20.0, gt=0)
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Worker processes of `codeproxy proxy`.
+    workers: int = Field(default=1, ge=1)
     public_url: str | None = None
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    # How long a process trusts a stored API key it looked up (0: ask the database each time).
+    key_cache_ttl: float = Field(default=30.0, ge=0)
 
     max_upload_bytes: int = Field(default=512 * MIB, ge=1)
+    # Bytes of files (uploads plus code outputs) one tenant may keep.
+    storage_quota_bytes: int = Field(default=10 * 1024 * MIB, ge=0)
+    # Bytes of files and images one execution may export into the tenant's files.
+    max_export_bytes: int = Field(default=256 * MIB, ge=0)
+    # Code larger than this is refused (the direct API) or answered as an error (the loop).
+    max_code_bytes: int = Field(default=1 * MIB, ge=1024)
 
     # The code-interpreter loop.
     max_rounds: int = Field(default=10, ge=1)
@@ -94,6 +116,11 @@ class Settings(BaseSettings):
     def database(self) -> str:
         """The SQLAlchemy async URL; SQLite in the data dir unless configured."""
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'codeproxy.db'}"
+
+    @property
+    def blobs(self) -> str:
+        """Where file bytes live: CODEPROXY_BLOB_URL, or `blobs/` in the data dir."""
+        return self.blob_url or (self.data_dir / "blobs").resolve().as_uri()
 
     def signing_key(self) -> str:
         """The HS256 key for JWTs and signed links.

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
 CHUNK = 256 * 1024
 _KEY = re.compile(r"^[A-Za-z0-9_-]{4,128}$")
@@ -25,6 +26,10 @@ class BlobNotFound(KeyError):
 
 class BlobTooLarge(ValueError):
     """The stream exceeded `max_bytes`; nothing was kept."""
+
+
+class BlobStoreError(OSError):
+    """The store itself failed (unreachable, refused, misconfigured); nothing was kept."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,28 @@ class BlobStore(Protocol):
         ...
 
 
+def check_key(key: str) -> None:
+    """Keys are generated ids; anything else (a path, say) is a bug, refused loudly."""
+    if not _KEY.match(key):
+        raise ValueError(f"invalid blob key {key!r}")
+
+
+def open_blob_store(url: str, *, s3_endpoint_url: str | None = None) -> BlobStore:
+    """The store `url` names: `file:///path` (local disk) or `s3://bucket/prefix`."""
+    parsed = urlsplit(url)
+    if parsed.scheme == "file":
+        local = LocalBlobStore(Path(unquote(parsed.netloc + parsed.path)))
+        local.setup()
+        return local
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"CODEPROXY_BLOB_URL {url!r} names no bucket: s3://bucket/prefix")
+        from storage.s3blobs import S3BlobStore
+
+        return S3BlobStore.from_url(url, endpoint_url=s3_endpoint_url)
+    raise ValueError(f"CODEPROXY_BLOB_URL {url!r} is neither file://… nor s3://bucket/prefix")
+
+
 class LocalBlobStore:
     """Blobs as files under `root/<two chars>/<key>`; temporaries under `root/tmp`."""
 
@@ -63,8 +90,7 @@ class LocalBlobStore:
             stale.unlink(missing_ok=True)
 
     def path(self, key: str) -> Path:
-        if not _KEY.match(key):
-            raise ValueError(f"invalid blob key {key!r}")
+        check_key(key)
         return self.root / key[-2:] / key
 
     async def put(

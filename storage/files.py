@@ -3,7 +3,7 @@
 import time
 from typing import Literal
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -22,6 +22,13 @@ async def get_file(db: AsyncSession, *, tenant: str, file_id: str) -> File | Non
     now = int(time.time())
     result = await db.exec(select(File).where(File.id == file_id, *_live(tenant, now)))
     return result.first()
+
+
+async def used_bytes(db: AsyncSession, *, tenant: str) -> int:
+    """Bytes of the tenant's unexpired files (what its storage quota counts)."""
+    now = int(time.time())
+    query = select(func.coalesce(func.sum(File.bytes), 0)).where(*_live(tenant, now))
+    return int((await db.exec(query)).one())
 
 
 async def get_any_file(db: AsyncSession, *, file_id: str) -> File | None:

@@ -101,6 +101,49 @@ class Conversation(SQLModel, table=True):
     expires_at: int = Field(index=True)
 
 
+class ExecNode(SQLModel, table=True):
+    """An execution node as the API processes last saw it: who it is, where, how loaded.
+
+    A node reports its id, boot id and load on its internal API; API processes poll it and
+    write what they see here, so every process shares one view. A new `boot_id` means the node
+    restarted and every session it held before is gone.
+    """
+
+    __tablename__ = "exec_nodes"
+
+    id: str = Field(primary_key=True)
+    url: str
+    boot_id: str
+    backend: str
+    capacity: int
+    sandboxes: int
+    sessions: int
+    busy: int
+    warm: int
+    # "alive", or "dead" once it missed heartbeats for longer than the dead-after setting.
+    state: str = "alive"
+    last_seen_at: float
+
+
+class SandboxSession(SQLModel, table=True):
+    """Which node holds a sandbox session, and under which boot of that node.
+
+    Any API process finds a session's node with one lookup; a session whose node is dead or
+    has restarted (another boot id) is lost.
+    """
+
+    __tablename__ = "sandbox_sessions"
+
+    id: str = Field(primary_key=True)
+    tenant: str = Field(index=True)
+    node_id: str = Field(index=True)
+    boot_id: str
+    created_at: float
+    # When the node would expire it if left idle; each use pushes it back by `idle_seconds`.
+    expires_at: float = Field(index=True)
+    idle_seconds: float
+
+
 class AssistantsObject(SQLModel):
     """What every stored object of the Assistants API has: its id, its tenant, its creation
     time and the object itself as the API serves it (JSON), so a read is one row."""

@@ -1,13 +1,45 @@
 """Fixtures shared by every test folder."""
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from tests.postgres import Cluster, running_cluster
+from tests.s3server import S3Server, running_server
 from tests.servers import run_server
 from tests.upstream import ScriptedUpstream
+
+# Modules whose tests must pass on both databases:
+#   pytestmark = pytest.mark.parametrize("database_url", DATABASES, indirect=True)
+DATABASES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the whole test session."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One S3-protocol server (moto) on loopback for the whole test session."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: SQLite unless parametrized with "postgresql"."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "postgresql":
+        cluster: Cluster = request.getfixturevalue("postgres")
+        return cluster.create_database()
+    assert kind == "sqlite", kind
+    return f"sqlite+aiosqlite:///{tmp_path / 'db' / 'codeproxy.db'}"
 
 
 @pytest.fixture

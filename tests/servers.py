@@ -21,6 +21,8 @@ from typing import Any
 
 import uvicorn
 
+from codeproxy.web import server_options
+
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 30.0
 
@@ -37,6 +39,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _config(app: Any, **overrides: Any) -> uvicorn.Config:
     options: dict[str, Any] = {
+        # As the services serve in production (request head limits).
+        **server_options(),
         "log_level": "warning",
         "lifespan": "on",
         # No websockets implementation: importing one is slow and may warn.

@@ -8,8 +8,9 @@ Privilege model. As root, every sandbox runs as its own unprivileged host uid (s
 cgroups are entered and the uid dropped between fork and exec, and bwrap then builds the
 sandbox in an unprivileged user namespace. Everything bwrap binds must therefore be reachable
 by that uid: the runtime tree is 0711, small files come in through memfds, and a venv below a
-private directory (say /root, mode 0700) is exposed through a read-only bind mount inside the
-runtime tree rather than by opening up the user's home. Not as root, sandboxes run as the
+private directory (say /root, mode 0700) is exposed through a read-only overlay mount inside
+the runtime tree rather than by opening up the user's home (which also keeps its host path out
+of the sandbox's mountinfo). Not as root, sandboxes run as the
 service's own uid, limited by rlimits unless a cgroup tree is writable.
 """
 
@@ -31,7 +32,6 @@ from executor.backend import Sandbox, SandboxBackend
 from executor.errors import SandboxUnavailable
 from executor.local import bwrap
 from executor.local.cgroups import CgroupTree
-from executor.local.datafs import unmount
 from executor.local.fontcache import font_cache
 from executor.local.host import STARTUP_SOURCE, Host
 from executor.local.runners import ProcessResult, run_process
@@ -40,11 +40,12 @@ from executor.local.sandbox import LocalSandbox
 from executor.local.seccomp import SeccompUnavailable, ensure_filter
 from executor.local.uids import UidPool, accessible_by
 from executor.local.venv import (
-    bind_readonly,
     check_venv,
     matplotlib_version,
+    mount_readonly,
     python_flags,
     readable_by,
+    unmount_readonly,
 )
 from executor.settings import MIB, ExecutorSettings
 
@@ -200,22 +201,17 @@ class LocalBackend:
         return tuple(limits)
 
     async def _reachable_venv(self, venv: Path, uids: UidPool | None, runtime: RuntimeRoot) -> Path:
-        """The venv path to bind: itself, or a read-only bind mount sandbox uids can reach."""
-        if uids is None or await asyncio.to_thread(readable_by, venv, uids.base):
+        """The venv path to bind: as root a read-only overlay of it in the runtime dir, which
+        sandbox uids can reach and which hides the venv's host path; else the venv itself."""
+        if uids is None:
             return venv
         target = runtime.dir / "venv"
-        log.warning(
-            "%s is not reachable by unprivileged uids (a parent directory is not "
-            "world-traversable); exposing it read-only at %s",
-            venv,
-            target,
-        )
-        await asyncio.to_thread(bind_readonly, venv, target)
+        await asyncio.to_thread(mount_readonly, venv, target)
         self._venv_mount = target
         if not await asyncio.to_thread(readable_by, target, uids.base):
             raise SandboxUnavailable(
                 f"The sandbox environment {venv} is not readable by other users even through a "
-                f"bind mount. Make it world-readable: chmod -R o+rX {venv}"
+                f"read-only mount. Make it world-readable: chmod -R o+rX {venv}"
             )
         return target
 
@@ -262,7 +258,7 @@ class LocalBackend:
             if isinstance(result, BaseException):
                 log.error("closing a sandbox failed: %r", result)
         if self._venv_mount is not None:
-            await asyncio.to_thread(unmount, self._venv_mount)
+            await asyncio.to_thread(unmount_readonly, self._venv_mount)
             self._venv_mount = None
         if self._runtime is not None:
             await asyncio.to_thread(self._runtime.close)

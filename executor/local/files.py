@@ -17,10 +17,14 @@ from pathlib import Path
 from executor.api import DATA_DIR
 from executor.errors import FileTooLarge, InvalidRequest, SandboxFileNotFound
 from executor.models import FileEntry
+from executor.output import clean_name
 
 CHUNK = 256 * 1024
-# A sandbox can create millions of empty files; listing stops here.
+# A sandbox can create millions of empty files and trees thousands of levels deep; listing
+# stops at these.
 MAX_LISTED = 10_000
+MAX_VISITED = 100_000
+MAX_DEPTH = 64
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -119,23 +123,46 @@ class DataDir:
         return PendingFile(dfd, fd, tmp, name, path, made)
 
     def list(self) -> list[FileEntry]:
-        """Every regular file below the root (hidden ones too), without following links."""
+        """Regular files below the root (hidden ones too), without following links.
+
+        Bounded however the sandbox shaped the tree: no recursion, at most MAX_DEPTH levels
+        (one open fd each) and MAX_VISITED entries, and at most MAX_LISTED files. A name
+        that is not valid UTF-8 is listed with U+FFFD in place of its bad bytes (it cannot
+        be read back by that name).
+        """
         entries: list[FileEntry] = []
-        for top, _dirs, files, dfd in os.fwalk(self.root, follow_symlinks=False):
-            rel = os.path.relpath(top, self.root)
-            for name in files:
+        visited = 0
+        root = os.open(self.root, _DIR_FLAGS)
+        # One (fd, path prefix, entries) per open level.
+        levels = [(root, "", os.scandir(root))]
+        try:
+            while levels and len(entries) < MAX_LISTED and visited < MAX_VISITED:
+                fd, prefix, it = levels[-1]
+                entry = next(it, None)
+                if entry is None:
+                    it.close()
+                    os.close(fd)
+                    levels.pop()
+                    continue
+                visited += 1
+                name = prefix + clean_name(entry.name)
                 try:
-                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    if entry.is_dir(follow_symlinks=False):
+                        if len(levels) < MAX_DEPTH:
+                            child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                            levels.append((child, name + "/", os.scandir(child)))
+                        continue
+                    st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                sub = name if rel == "." else f"{rel}/{name}"
-                entries.append(
-                    FileEntry(path=f"{DATA_DIR}/{sub}", size=st.st_size, modified=st.st_mtime)
-                )
-                if len(entries) >= MAX_LISTED:
-                    return sorted(entries, key=lambda e: e.path)
+                if stat.S_ISREG(st.st_mode):
+                    entries.append(
+                        FileEntry(path=f"{DATA_DIR}/{name}", size=st.st_size, modified=st.st_mtime)
+                    )
+        finally:
+            for fd, _, it in levels:
+                it.close()
+                os.close(fd)
         return sorted(entries, key=lambda e: e.path)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from executor.languages import Language
 from executor.local.bwrap import BWRAP_ENV, Launch
-from executor.local.output import CappedStream
+from executor.output import CappedStream
 
 READ_CHUNK = 64 * 1024
 # After killing a sandbox's pid 1, how long its bwrap may take to notice and exit.

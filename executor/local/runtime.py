@@ -4,18 +4,22 @@
       uids/<uid>.lock          uid leases (see uids.py)
       <instance>.lock          flock held while the instance lives
       <instance>/<sandbox>/    0711
-        run/                   0700, owned by the sandbox uid: kernel sockets + connection file
-        data/                  /mnt/data (mount point of the sandbox's ext4 image)
+        vol/                   the sandbox's volume (see datafs.py): data/ and run/
+      <instance>/venv/         the sandbox venv, mounted read-only (see venv.py)
     <data_dir>/sandboxes/<instance>-<sandbox>.img   (exists only while being formatted)
-    cgroups: <controller>/codeproxy/<instance>-<sandbox>
+    cgroups: <controller>/codeproxy/<scope>-<instance>-<sandbox>, where <scope> is a hash of
+             the root's path
 
 `--die-with-parent` kills a crashed instance's processes, but its sockets, mounts and cgroup
-directories stay. An instance whose lock nobody holds is dead, so `sweep` removes all of it;
-several services (or test runs) can share one root without touching each other's sandboxes.
+directories stay. An instance of this root whose lock nobody holds is dead, so `sweep`
+removes all of it. Only instances of this root: several services (or test runs) share one
+cgroup tree and perhaps one data dir, each with a root of its own or all in one root, and
+none touches another's sandboxes. Nothing a dead instance left can stop the sweep.
 """
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -29,7 +33,7 @@ from executor.local.uids import lock_file
 
 log = logging.getLogger(__name__)
 
-_INSTANCE = re.compile(r"^([0-9a-f]{8})(?:\.lock|-[0-9a-f]{12}(?:\.img)?)?$")
+_INSTANCE = re.compile(r"^([0-9a-f]{8})(?:\.lock)?$")
 # Unix socket paths are limited to 107 bytes; leave room for "/<inst>/<sbx>/run/k-5".
 MAX_ROOT_LENGTH = 60
 
@@ -108,9 +112,14 @@ class RuntimeRoot:
         """Where a sandbox's /mnt/data image is formatted (unlinked once mounted)."""
         return self.images / f"{self.instance}-{sandbox}.img"
 
+    @property
+    def scope(self) -> str:
+        """Names this root in the cgroup tree, which every root on the host shares."""
+        return hashlib.sha256(str(self.root.absolute()).encode()).hexdigest()[:8]
+
     def cgroup_name(self, sandbox: str) -> str:
-        """A sandbox's cgroup name; the instance prefix lets the sweep find it."""
-        return f"{self.instance}-{sandbox}"
+        """A sandbox's cgroup name; its prefix tells the sweep whose it is."""
+        return f"{self.scope}-{self.instance}-{sandbox}"
 
     def close(self) -> None:
         """Remove this instance's directory and lock (after every sandbox is closed)."""
@@ -126,21 +135,24 @@ class RuntimeRoot:
                 d.rmdir()
 
     async def sweep(self, cgroups: CgroupTree | None) -> int:
-        """Remove everything left by dead instances; returns how many were swept."""
-        candidates: set[str] = set()
-        for where in (self.root, self.images):
-            try:
-                names = os.listdir(where)
-            except OSError:
-                continue
-            candidates.update(m.group(1) for n in names if (m := _INSTANCE.match(n)))
-        if cgroups is not None:
-            candidates.update(m.group(1) for n in cgroups.names() if (m := _INSTANCE.match(n)))
+        """Remove everything left by dead instances of this root; returns how many were swept.
+
+        An instance belongs to this root when its lock file or directory is here; cgroups and
+        images of instances found nowhere else (another root's, alive or not) are left alone.
+        """
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return 0
+        candidates = {m.group(1) for n in names if (m := _INSTANCE.match(n))}
         candidates.discard(self.instance)
         swept = 0
         for inst in sorted(candidates):
-            if await self._sweep_instance(inst, cgroups):
-                swept += 1
+            try:
+                if await self._sweep_instance(inst, cgroups):
+                    swept += 1
+            except Exception:
+                log.exception("sweeping sandbox backend instance %s failed; going on", inst)
         return swept
 
     async def _sweep_instance(self, inst: str, cgroups: CgroupTree | None) -> bool:
@@ -151,8 +163,9 @@ class RuntimeRoot:
         try:
             log.warning("sweeping leftovers of a previous sandbox backend instance %s", inst)
             if cgroups is not None:
+                prefix = f"{self.scope}-{inst}-"
                 for name in cgroups.names():
-                    if name.startswith(f"{inst}-"):
+                    if name.startswith(prefix):
                         await cgroups.get(name).remove()
             await asyncio.to_thread(_remove_instance_dir, self.root / inst)
             for image in self.images.glob(f"{inst}-*.img"):

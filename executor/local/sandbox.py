@@ -22,18 +22,10 @@ from executor.errors import ExecutorError, SandboxUnavailable
 from executor.languages import Language
 from executor.local import bwrap
 from executor.local.cgroups import Limits, SandboxCgroup
-from executor.local.datafs import DataVolume, remove_tree
+from executor.local.datafs import SandboxVolume, remove_tree
 from executor.local.files import DataDir, FileStream
 from executor.local.host import KERNEL_STARTUP, Host
 from executor.local.kernel import Cell, ConnectionInfo, KernelClient, KernelNotReady
-from executor.local.outcomes import (
-    compile_error,
-    died_error,
-    oom_killed_error,
-    output_limit_error,
-    timeout_error,
-)
-from executor.local.output import FLOOD_FACTOR, RingBuffer
 from executor.local.runners import (
     OUTER_KILL_DELAY,
     PROGRAMS,
@@ -44,6 +36,14 @@ from executor.local.runners import (
 )
 from executor.local.uids import UidLease
 from executor.models import ExecutionError, FileEntry, RunOutcome
+from executor.outcomes import (
+    compile_error,
+    died_error,
+    oom_killed_error,
+    output_limit_error,
+    timeout_error,
+)
+from executor.output import FLOOD_FACTOR, RingBuffer
 from executor.settings import MIB
 
 log = logging.getLogger(__name__)
@@ -79,17 +79,18 @@ class LocalSandbox:
         self._settings = host.settings
         self._id = sandbox_id
         self._dir = host.runtime.sandbox_dir(sandbox_id)
-        self._run_dir = self._dir / "run"
         self._lease: UidLease | None = None
         self._uid = os.geteuid()
         self._cgroup: SandboxCgroup | None = None
-        self._data: DataVolume | None = None
+        self._volume: SandboxVolume | None = None
         self._files: DataDir | None = None
         self._confinement = bwrap.Confinement()
         self._proc: subprocess.Popen[bytes] | None = None
         # The kernel sandbox's pid 1 (bwrap's reaper), from --info-fd.
         self._sandbox_pid = SandboxPid()
         self._client: KernelClient | None = None
+        # Why the kernel was killed between runs (it flooded or broke its sockets), if it was.
+        self._kernel_broken: str | None = None
         self._kernel_log = RingBuffer()
         self._reader: tuple[asyncio.AbstractEventLoop, int] | None = None
         self._lock = asyncio.Lock()
@@ -121,8 +122,14 @@ class LocalSandbox:
     @property
     def data_path(self) -> Path:
         """The host directory behind /mnt/data."""
-        assert self._data is not None
-        return self._data.path
+        assert self._volume is not None
+        return self._volume.data
+
+    @property
+    def _run_dir(self) -> Path:
+        """The host directory behind /run/kernel."""
+        assert self._volume is not None
+        return self._volume.run
 
     @property
     def host_dir(self) -> Path:
@@ -156,9 +163,6 @@ class LocalSandbox:
         self._dir.mkdir()
         # Explicitly, whatever the umask: sandbox uids must traverse it to their own dirs.
         os.chmod(self._dir, 0o711)
-        self._run_dir.mkdir(mode=0o700)
-        if self._uid != os.geteuid():
-            os.chown(self._run_dir, self._uid, self._uid)
         procs: list[str] = []
         if host.cgroups is not None:
             limits = Limits(settings.memory_limit_mb * MIB, settings.pids_limit, settings.cpu_quota)
@@ -172,13 +176,14 @@ class LocalSandbox:
                 nproc += _count_tasks(self._uid)
             rlimits.append((resource.RLIMIT_NPROC, nproc))
         self._confinement = bwrap.Confinement(procs, rlimits, self._uid)
-        data_path = self._dir / "data"
+        path = self._dir / "vol"
         if host.loop_data:
             image = host.runtime.image(self._id)
-            self._data = DataVolume.loop(data_path, image, settings.data_size_mb * MIB, self._uid)
+            size = settings.data_size_mb * MIB
+            self._volume = SandboxVolume.loop(path, image, size, self._uid)
         else:
-            self._data = DataVolume.plain(data_path, self._uid)
-        self._files = DataDir(self._data.path, self._uid)
+            self._volume = SandboxVolume.plain(path, self._uid)
+        self._files = DataDir(self._volume.data, self._uid)
 
     def _sandbox_files(
         self, *, kernel: bool, extra: tuple[tuple[bytes, str], ...] = ()
@@ -253,7 +258,13 @@ class LocalSandbox:
             raise SandboxUnavailable(
                 f"bwrap failed to start the sandbox: {self._kernel_log.tail()}"
             )
-        self._client = KernelClient(self._host.zmq, info)
+        self._kernel_broken = None
+        self._client = KernelClient(
+            self._host.zmq,
+            info,
+            max_output_bytes=self._settings.max_output_bytes,
+            on_broken=self._on_kernel_broken,
+        )
         try:
             await self._client.wait_ready(self._kernel_alive, self._settings.sandbox_start_timeout)
         except KernelNotReady as e:
@@ -283,6 +294,14 @@ class LocalSandbox:
         loop.add_reader(fd, readable)
         self._reader = (loop, fd)
 
+    def _on_kernel_broken(self, reason: str) -> None:
+        """The kernel flooded or broke a socket between runs: kill it; the next run restarts."""
+        if self._closed or self._kernel_broken is not None:
+            return
+        log.warning("sandbox %s: killing its kernel: %s", self._id, reason)
+        self._kernel_broken = reason
+        self._kill_kernel()
+
     def _kernel_alive(self) -> bool:
         return not self._closed and self._proc is not None and self._proc.poll() is None
 
@@ -300,8 +319,8 @@ class LocalSandbox:
     async def _stop_kernel(self) -> None:
         """SIGKILL the bwrap process and wait until nothing of the kernel is left."""
         if self._client is not None:
-            self._client.close()
-            self._client = None
+            client, self._client = self._client, None
+            await client.aclose()
         proc = self._proc
         if proc is not None:
             self._kill_kernel()
@@ -369,10 +388,19 @@ class LocalSandbox:
             await self._await_recovery()
             await self._stop_kernel()
         finally:
+            await self._release_host()
+
+    async def _release_host(self) -> None:
+        """Remove cgroup, volume and dirs, then give the uid back: each step whatever the
+        others did, since a step that stops here leaves the host something forever."""
+        try:
             if self._cgroup is not None:
                 await self._cgroup.remove()
             await asyncio.to_thread(self._remove_dirs)
-            # Only now: no process of this uid is left, so the next holder starts clean.
+        except Exception:
+            log.exception("sandbox %s: removing it from the host failed", self._id)
+        finally:
+            # Last: no process of this uid is left, so the next holder starts clean.
             if self._lease is not None:
                 self._lease.release()
                 self._lease = None
@@ -380,8 +408,8 @@ class LocalSandbox:
                 self._on_close(self)
 
     def _remove_dirs(self) -> None:
-        if self._data is not None:
-            self._data.destroy()
+        if self._volume is not None:
+            self._volume.destroy()
         remove_tree(self._dir)
 
     # Running code
@@ -410,7 +438,12 @@ class LocalSandbox:
 
     async def _run_python(self, code: str, timeout: float, max_output_bytes: int) -> RunOutcome:
         state_lost = False
-        if not self._kernel_alive():
+        note = ""
+        if self._kernel_broken is not None:
+            note = f"[the sandbox was restarted before this run: {self._kernel_broken}]\n"
+            await self._recover(self._restart())
+            state_lost = True
+        elif not self._kernel_alive():
             log.warning("sandbox %s: kernel died while idle; restarting", self._id)
             await self._recover(self._restart())
             state_lost = True
@@ -435,9 +468,9 @@ class LocalSandbox:
                 raise SandboxUnavailable("The sandbox was closed during the run.")
             await self._recover(self._restart())
             state_lost = True
-            if ending == "died":
-                error = died_error(oom, self._settings.memory_limit_mb)
-        if cell.timed_out:
+        if ending == "died":
+            error = died_error(oom, self._settings.memory_limit_mb)
+        elif cell.timed_out:
             error = timeout_error(timeout, state_lost)
         elif cell.flooded:
             # Reaching the flood cap means the kernel's soft cap (or our interrupt) stopped
@@ -450,7 +483,7 @@ class LocalSandbox:
             cell.stderr.add_text(f"\n[{cell.results_dropped} rich outputs dropped: too large]\n")
         return RunOutcome(
             stdout=cell.stdout.text(),
-            stderr=cell.stderr.text(),
+            stderr=note + cell.stderr.text(),
             stdout_truncated=cell.stdout.truncated,
             stderr_truncated=cell.stderr.truncated or cell.results_dropped > 0,
             results=cell.results,

@@ -1,6 +1,8 @@
 """The read-only Python environment mounted at /opt/venv in every sandbox."""
 
+import contextlib
 import logging
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -62,17 +64,39 @@ def readable_by(venv: Path, uid: int) -> bool:
     return accessible_by(venv / "pyvenv.cfg", uid, "-r")
 
 
-def bind_readonly(venv: Path, target: Path) -> None:
-    """Expose the venv read-only at `target` (a path sandbox uids can traverse)."""
+def mount_readonly(venv: Path, target: Path) -> None:
+    """Mount `venv` read-only at `target` (root only) so that no host path shows inside.
+
+    A bind mount shows its source's host path in the sandbox's /proc/self/mountinfo (a bind's
+    root is its path on the host filesystem). An overlay is a filesystem of its own, and its
+    lower layers are named here as /proc/self/fd/N of the mount command, which is all
+    mountinfo shows of them. Without an upper layer overlay wants two lower ones: the second
+    is an empty directory. Being root's mount, it also reaches a venv below a private
+    directory (say /root, mode 0700) without opening that up.
+    """
     target.mkdir(mode=0o755)
-    for cmd in (
-        ["mount", "--bind", str(venv), str(target)],
-        ["mount", "-o", "remount,bind,ro,nosuid,nodev", str(target)],
-    ):
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            subprocess.run(["umount", str(target)], capture_output=True, check=False)
-            target.rmdir()
-            raise SandboxUnavailable(
-                f"Could not expose {venv} to the sandbox: {done.stderr.strip()}"
-            )
+    empty = target.parent / f".{target.name}-empty"
+    empty.mkdir(mode=0o755)
+    fds = [os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for p in (venv, empty)]
+    try:
+        lower = ":".join(f"/proc/self/fd/{fd}" for fd in fds)
+        done = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", f"ro,nosuid,nodev,lowerdir={lower}",
+             str(target)],
+            capture_output=True, text=True, check=False, pass_fds=fds,
+        )  # fmt: skip
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if done.returncode != 0:
+        target.rmdir()
+        empty.rmdir()
+        raise SandboxUnavailable(f"Could not expose {venv} to the sandbox: {done.stderr.strip()}")
+
+
+def unmount_readonly(target: Path) -> None:
+    """Undo mount_readonly."""
+    subprocess.run(["umount", str(target)], capture_output=True, check=False)
+    for d in (target, target.parent / f".{target.name}-empty"):
+        with contextlib.suppress(OSError):
+            d.rmdir()

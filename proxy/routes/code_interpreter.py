@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from executor.api import SessionInfo, parse_language
+from executor.api import SessionInfo, check_code, check_text, parse_language
 from proxy.coderunner import CodeRunner
 from proxy.deps import ExecutorDep, ServicesDep, TenantDep
 
@@ -44,6 +44,7 @@ async def run_code(
     body: RunRequest, tenant: TenantDep, services: ServicesDep, executor: ExecutorDep
 ) -> dict[str, Any]:
     """Run code in a session (a new one unless `session_id` is given) and return its output."""
+    check_request(body, services.settings.max_code_bytes)
     parse_language(body.language)
     runner = CodeRunner(services, executor, tenant.id, source="run")
     await runner.attach(session_id=body.session_id, file_ids=body.file_ids)
@@ -73,6 +74,19 @@ async def run_code(
         },
         "traceback": r.error.traceback if r.error else None,
     }
+
+
+def check_request(body: RunRequest, max_code_bytes: int) -> None:
+    """Refuse what could not be run or stored, before a session is started for it."""
+    check_code(body.code, max_code_bytes)
+    check_text(body.language, "language")
+    if body.session_id is not None:
+        check_text(body.session_id, "session_id")
+    for file_id in body.file_ids:
+        check_text(file_id, "file_ids")
+    for path, text in body.files.items():
+        check_text(path, "files")
+        check_text(text, f"files.{path}")
 
 
 async def _text(text: str) -> AsyncIterator[bytes]:

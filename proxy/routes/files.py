@@ -15,6 +15,7 @@ from proxy.filestore import (
     open_file,
     require_file,
     save_blob,
+    storage_room,
 )
 from proxy.filestore import delete_file as remove_file
 from proxy.multipart import Field, FileData, FileEnd, FileStart, boundary_of, read_events
@@ -35,8 +36,14 @@ async def create_file(request: Request, tenant: TenantDep, services: ServicesDep
     """Upload a file (multipart `file` and `purpose`, optional `expires_after`)."""
     limit = services.settings.max_upload_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    if size is not None and size > limit + FORM_OVERHEAD:
         raise PayloadTooLargeError(f"File is too large: the limit is {limit} bytes.", param="file")
+    room = await storage_room(
+        services.db, tenant=tenant.id, quota=services.settings.storage_quota_bytes
+    )
+    if size is not None and size > room.left + FORM_OVERHEAD:
+        raise room.exceeded(size)
     events = read_events(boundary_of(request.headers.get("content-type")), request.stream())
     fields: dict[str, str] = {}
     upload: tuple[str, BlobInfo, FileStart] | None = None
@@ -46,7 +53,7 @@ async def create_file(request: Request, tenant: TenantDep, services: ServicesDep
                 fields[event.name] = event.value
             elif isinstance(event, FileStart) and event.name == "file" and upload is None:
                 file_id, blob = await save_blob(
-                    services.blobs, _file_chunks(events), max_bytes=limit
+                    services.blobs, _file_chunks(events), max_bytes=limit, room=room
                 )
                 upload = (file_id, blob, event)
         if upload is None:

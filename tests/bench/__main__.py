@@ -1,10 +1,16 @@
-"""`python -m tests.bench [executor|proxy|loop] [--scale N]`: one benchmark, or all in turn."""
+"""`python -m tests.bench [executor|proxy|loop|scale] [--scale N]`: one benchmark, or all in
+turn."""
 
 import sys
 
-from tests.bench import bench_executor, bench_loop, bench_proxy
+from tests.bench import bench_executor, bench_loop, bench_proxy, bench_scale
 
-BENCHES = {"executor": bench_executor.main, "proxy": bench_proxy.main, "loop": bench_loop.main}
+BENCHES = {
+    "executor": bench_executor.main,
+    "proxy": bench_proxy.main,
+    "loop": bench_loop.main,
+    "scale": bench_scale.main,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -246,7 +246,7 @@ def executor_process(data_dir: Path, token: str, **env: str) -> Iterator[str]:
 
 
 async def bench_http(url: str, token: str, n: int, per_session: int) -> dict[str, list[float]]:
-    client = HttpExecutorClient([url], token)
+    client = HttpExecutorClient(url, token)
     out: dict[str, list[float]] = {}
     try:
         # Pool hits over HTTP: wait for a warm sandbox, then take it.

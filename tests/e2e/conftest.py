@@ -59,13 +59,17 @@ def proxy_settings(data_dir: Path, upstream_url: str, **overrides: Any) -> Setti
 
 
 @pytest.fixture
-def make_stack(tmp_path: Path, upstream: ScriptedUpstream) -> Iterator[Callable[..., Stack]]:
+def make_stack(
+    tmp_path: Path, upstream: ScriptedUpstream, database_url: str
+) -> Iterator[Callable[..., Stack]]:
     servers: list[Any] = []
 
     def make(executor: dict[str, Any] | None = None, **overrides: Any) -> Stack:
         n = len(servers)
         service = ExecutorService(executor_settings(tmp_path / f"executor{n}", **(executor or {})))
         upstream_url = overrides.pop("upstream_base_url", upstream.url + "/v1")
+        if n == 0:  # the first stack gets the test's database; later ones SQLite of their own
+            overrides.setdefault("database_url", database_url)
         settings = proxy_settings(tmp_path / f"proxy{n}", upstream_url, **overrides)
         server = run_server(create_app(settings, executor=service))
         url = server.__enter__()

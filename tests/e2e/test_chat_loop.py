@@ -9,9 +9,12 @@ import openai
 import pytest
 
 from proxy.jsonutil import loads
+from tests.conftest import DATABASES
 from tests.e2e.conftest import Stack
 from tests.proxy.conftest import KEY_A
 from tests.upstream import Error, code_call, completion, tool_call
+
+pytestmark = pytest.mark.parametrize("database_url", DATABASES, indirect=True)
 
 CI = [{"type": "code_interpreter"}]
 USER = [{"role": "user", "content": "What is 6 times 7?"}]

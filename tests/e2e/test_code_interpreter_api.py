@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy.engine import make_url
 
 from proxy.auth import static_tenant
 from tests.e2e.conftest import Stack
@@ -215,6 +216,8 @@ def test_without_retention_code_and_output_are_not_kept(make_stack: Any) -> None
 
 
 def audit_rows(stack: Stack) -> list[dict[str, Any]]:
-    with sqlite3.connect(stack.settings.data_dir / "codeproxy.db") as db:
+    database = make_url(stack.settings.database).database
+    assert database is not None
+    with sqlite3.connect(database) as db:
         db.row_factory = sqlite3.Row
         return [dict(r) for r in db.execute("SELECT * FROM executions ORDER BY created_at, rowid")]

@@ -59,7 +59,7 @@ def leftovers(instance: str, root: Path) -> list[str]:
     if (root / instance).exists():
         found.append(f"directory {root / instance}")
     for ctrl in ("memory", "pids", "cpu", ""):
-        found += [f"cgroup {p}" for p in (CGROUP_ROOT / ctrl / "codeproxy").glob(f"{instance}-*")]
+        found += [f"cgroup {p}" for p in (CGROUP_ROOT / ctrl / "codeproxy").glob(f"*-{instance}-*")]
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split(" ")[4]
         if point.startswith(str(root / instance)):

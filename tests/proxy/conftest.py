@@ -19,10 +19,11 @@ KEY_B = "sk-test-tenant-b"
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "data_dir": tmp_path / "data",
+            "database_url": database_url,
             "api_keys": [SecretStr(KEY_A), SecretStr(KEY_B)],
             "upstream_base_url": "http://127.0.0.1:9/v1",
             "upstream_api_key": SecretStr("sk-upstream"),

@@ -12,11 +12,12 @@ import pytest
 from proxy.app import create_app
 from proxy.settings import Settings
 from tests.assistants import SDK_WARNINGS, WEATHER, Recorder, collapsed, run_status, wait_for
+from tests.conftest import DATABASES
 from tests.proxy.conftest import KEY_A, KEY_B, sdk
 from tests.servers import run_server
 from tests.upstream import Error, ScriptedUpstream, completion, tool_call
 
-pytestmark = SDK_WARNINGS
+pytestmark = [*SDK_WARNINGS, pytest.mark.parametrize("database_url", DATABASES, indirect=True)]
 
 AUTH = {"authorization": f"Bearer {KEY_A}", "openai-beta": "assistants=v2"}
 

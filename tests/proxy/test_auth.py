@@ -15,8 +15,12 @@ import pytest
 from jose import jwt
 
 from proxy.app import create_app
-from proxy.auth import mint_token
+from proxy.auth import Authenticator, mint_token
+from proxy.errors import AuthenticationError
 from proxy.settings import Settings
+from storage.db import create_engine, session_factory
+from storage.keys import create_key, revoke_key
+from storage.migrate import upgrade
 from tests.proxy.conftest import KEY_A, sdk
 from tests.servers import run_server
 
@@ -90,8 +94,13 @@ def test_tenants_from_jwt_are_isolated(proxy_url: str) -> None:
         sdk(proxy_url, KEY_A).files.retrieve(f.id)
 
 
-def _cli(data_dir: Path, *args: str) -> str:
-    env = {**os.environ, "CODEPROXY_DATA_DIR": str(data_dir), "CODEPROXY_SECRET_KEY": SIGNING_KEY}
+def _cli(settings: Settings, *args: str) -> str:
+    env = {
+        **os.environ,
+        "CODEPROXY_DATA_DIR": str(settings.data_dir),
+        "CODEPROXY_DATABASE_URL": settings.database,
+        "CODEPROXY_SECRET_KEY": SIGNING_KEY,
+    }
     done = subprocess.run(
         [sys.executable, "-m", "codeproxy.cli", *args],
         env=env,
@@ -104,26 +113,51 @@ def _cli(data_dir: Path, *args: str) -> str:
 
 
 def test_stored_key_works_until_revoked(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings()
-    created = _cli(settings.data_dir, "keys", "create", "carol")
+    settings = make_settings(key_cache_ttl=0)
+    created = _cli(settings, "keys", "create", "carol")
     fields = dict(line.split(": ", 1) for line in created.strip().splitlines())
     assert fields["tenant"] == "carol"
     key = fields["key"]
     with run_server(create_app(settings)) as url:
         assert list(sdk(url, key).files.list()) == []
-        listing = _cli(settings.data_dir, "keys", "list")
+        listing = _cli(settings, "keys", "list")
         assert fields["id"] in listing and "active" in listing and key not in listing
-        _cli(settings.data_dir, "keys", "revoke", fields["id"])
-        assert "revoked" in _cli(settings.data_dir, "keys", "list")
+        _cli(settings, "keys", "revoke", fields["id"])
+        assert "revoked" in _cli(settings, "keys", "list")
         with pytest.raises(openai.AuthenticationError):
             sdk(url, key).files.list()
     # Only the hash is stored.
-    assert key.encode() not in (settings.data_dir / "codeproxy.db").read_bytes()
+    assert key.encode() not in (settings.data_dir.parent / "db" / "codeproxy.db").read_bytes()
+
+
+async def test_stored_keys_are_trusted_for_the_cache_ttl(database_url: str) -> None:
+    """A looked-up key is not looked up again for `key_cache_ttl`: a revocation takes effect
+    in every process within that time, and not before."""
+    engine = create_engine(database_url)
+    await upgrade(engine)
+    db = session_factory(engine)
+    now = [1000.0]
+    auth = Authenticator(
+        static_keys=[], signing_key=SIGNING_KEY, sessions=db, cache_ttl=30, clock=lambda: now[0]
+    )
+    try:
+        async with db() as s:
+            row, key = await create_key(s, tenant="erin")
+        assert (await auth.authenticate(f"Bearer {key}")).id == "erin"
+        async with db() as s:
+            await revoke_key(s, key_id=row.id)
+        now[0] += 29
+        assert (await auth.authenticate(f"Bearer {key}")).id == "erin"
+        now[0] += 2
+        with pytest.raises(AuthenticationError):
+            await auth.authenticate(f"Bearer {key}")
+    finally:
+        await engine.dispose()
 
 
 def test_cli_token_is_accepted(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
-    token = _cli(settings.data_dir, "token", "--sub", "dave", "--ttl", "5").strip()
+    token = _cli(settings, "token", "--sub", "dave", "--ttl", "5").strip()
     assert jwt.get_unverified_claims(token)["sub"] == "dave"
     with run_server(create_app(settings)) as url:
         assert list(sdk(url, token).files.list()) == []

@@ -6,7 +6,10 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import DATABASES
 from tests.proxy.conftest import KEY_A, KEY_B, sdk
+
+pytestmark = pytest.mark.parametrize("database_url", DATABASES, indirect=True)
 
 
 def test_upload_retrieve_download_delete(proxy_url: str) -> None:

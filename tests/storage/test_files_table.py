@@ -1,4 +1,4 @@
-"""File rows on a real SQLite file: tenant scoping, expiry and pagination order."""
+"""File rows on real SQLite and PostgreSQL databases: tenant scoping, expiry, pagination."""
 
 import time
 from collections.abc import AsyncIterator
@@ -8,15 +8,19 @@ import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from storage.db import create_engine, create_tables, session_factory
+from storage.db import create_engine, session_factory
 from storage.files import expired_files, get_file, list_files
+from storage.migrate import upgrade
 from storage.models import File
+from tests.conftest import DATABASES
+
+on_both = pytest.mark.parametrize("database_url", DATABASES, indirect=True)
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db' / 'test.db'}")
-    await create_tables(engine)
+async def db(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(database_url)
+    await upgrade(engine)
     yield session_factory(engine)
     await engine.dispose()
 
@@ -42,9 +46,10 @@ async def test_sqlite_uses_wal(db: async_sessionmaker[AsyncSession], tmp_path: P
     async with db() as s:
         s.add(row("file-1"))
         await s.commit()
-    assert (tmp_path / "db" / "test.db-wal").exists()
+    assert (tmp_path / "db" / "codeproxy.db-wal").exists()
 
 
+@on_both
 async def test_create_read_delete(db: async_sessionmaker[AsyncSession]) -> None:
     async with db() as s:
         s.add(row("file-1"))
@@ -57,6 +62,7 @@ async def test_create_read_delete(db: async_sessionmaker[AsyncSession]) -> None:
         assert await get_file(s, tenant="a", file_id="file-1") is None
 
 
+@on_both
 async def test_pagination_order_within_one_second(db: async_sessionmaker[AsyncSession]) -> None:
     ids = [f"file-{i:02d}" for i in range(7)]
     async with db() as s:
@@ -79,6 +85,7 @@ async def test_pagination_order_within_one_second(db: async_sessionmaker[AsyncSe
         assert [f.id for f in page] == ids[3:] and more is False
 
 
+@on_both
 async def test_expired_rows_are_invisible(db: async_sessionmaker[AsyncSession]) -> None:
     now = int(time.time())
     async with db() as s:

@@ -1,4 +1,5 @@
-"""Bounded buffers for what sandboxes print: a head-keeping capped stream and a ring buffer."""
+"""Bounded buffers for what sandboxes print, shared by every backend: a head-keeping capped
+stream and a ring buffer."""
 
 from collections import deque
 
@@ -84,3 +85,17 @@ class RingBuffer:
     def tail(self, limit: int = 4096) -> str:
         """The last `limit` bytes, for error messages."""
         return b"".join(self._chunks)[-limit:].decode("utf-8", "replace")
+
+
+def clean_text(text: str) -> str:
+    """`text` without lone surrogates (no JSON encoder takes them): each becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def clean_name(name: str) -> str:
+    """A file name as the OS gave it (undecodable bytes as surrogates), made safe to show."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
