@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 
 from tests.assistants import SDK_WARNINGS, Recorder, collapsed, run_status, wait_for
 from tests.e2e.conftest import REPO, Stack
@@ -309,3 +310,43 @@ def test_cancel_interrupts_running_code(stack: Stack) -> None:
     )
     [call] = steps_of(client, again)[0].step_details.tool_calls
     assert call.code_interpreter.outputs[0].logs == "kept"
+
+
+def sessions(stack: Stack) -> list[Any]:
+    auth = {"authorization": f"Bearer {KEY_A}"}
+    data: list[Any] = httpx.get(f"{stack.url}/v1/code_interpreter/sessions", headers=auth).json()[
+        "data"
+    ]
+    return data
+
+
+def test_a_token_limit_stops_the_run_before_its_code(stack: Stack) -> None:
+    client = stack.client()
+    assistant = client.beta.assistants.create(model="gpt-test", tools=CI)
+    stack.upstream.push(completion(tool_calls=[code_call("print('ran')")], prompt_tokens=300))
+    run = client.beta.threads.create_and_run_poll(
+        assistant_id=assistant.id,
+        thread={"messages": [{"role": "user", "content": "Go"}]},
+        max_prompt_tokens=256,
+        poll_interval_ms=20,
+    )
+    assert run.status == "incomplete" and run.incomplete_details is not None
+    assert run.incomplete_details.reason == "max_prompt_tokens"
+    assert run.usage is not None and run.usage.prompt_tokens == 300
+    assert steps_of(client, run) == [] and sessions(stack) == []  # nothing ran
+
+
+def test_deleting_a_thread_closes_its_sandbox(stack: Stack) -> None:
+    client = stack.client()
+    assistant = client.beta.assistants.create(model="gpt-test", tools=CI)
+    stack.upstream.push(completion(tool_calls=[code_call("x = 1")]), completion("Set."))
+    run = client.beta.threads.create_and_run_poll(
+        assistant_id=assistant.id,
+        thread={"messages": [{"role": "user", "content": "Set x"}]},
+        poll_interval_ms=20,
+    )
+    assert len(sessions(stack)) == 1
+    assert client.beta.threads.delete(run.thread_id).deleted
+    assert sessions(stack) == []
+    with pytest.raises(openai.NotFoundError):
+        client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id)

@@ -2,6 +2,7 @@
 objects and their lists, tenants, function tools through `requires_action`, the run's
 options as the upstream receives them, and bad input."""
 
+import base64
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -648,3 +649,70 @@ def test_beta_header(client: openai.OpenAI) -> None:
     assert httpx.get(f"{url}/assistants", headers=AUTH).status_code == 200
     plain = {"authorization": AUTH["authorization"]}
     assert httpx.get(f"{url}/assistants", headers=plain).json()["object"] == "list"
+
+
+def test_images_and_steps(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
+    png = b"\x89PNG\r\n\x1a\nfake"
+    image = client.files.create(file=("cat.png", png), purpose="vision")
+    upstream.push(completion("A cat."))
+    assistant = client.beta.assistants.create(model="gpt-test")
+    run = client.beta.threads.create_and_run_poll(
+        assistant_id=assistant.id,
+        thread={
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is this?"},
+                        {"type": "image_file", "image_file": {"file_id": image.id}},
+                    ],
+                }
+            ]
+        },
+        poll_interval_ms=20,
+    )
+    assert upstream.requests[0]["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {
+                    "type": "image_url",
+                    "image_url": {
+                        "url": "data:image/png;base64," + base64.b64encode(png).decode(),
+                        "detail": "auto",
+                    },
+                },
+            ],
+        }
+    ]
+    [step] = client.beta.threads.runs.steps.list(run.id, thread_id=run.thread_id).data
+    assert (
+        client.beta.threads.runs.steps.retrieve(step.id, thread_id=run.thread_id, run_id=run.id)
+        == step
+    )
+    assert step.step_details.type == "message_creation"
+    with pytest.raises(openai.NotFoundError):
+        client.beta.threads.runs.steps.retrieve("step_x", thread_id=run.thread_id, run_id=run.id)
+
+
+def test_another_process_reads_and_cancels_a_run(
+    serve: Callable[..., str], upstream: ScriptedUpstream
+) -> None:
+    """Two API processes on one database: the one that did not start the run answers for it
+    and cancels it (the driving process sees the cancellation at its next heartbeat)."""
+    first = sdk(serve(run_heartbeat_interval=0.1))
+    second = sdk(serve(run_heartbeat_interval=0.1))
+    upstream.delay = 2.0
+    upstream.push(completion("Too slow."))
+    assistant = first.beta.assistants.create(model="gpt-test")
+    run = first.beta.threads.create_and_run(
+        assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "Hi"}]}
+    )
+    seen = wait_for(run_status(second, run.thread_id, run.id), lambda r: r.status == "in_progress")
+    assert seen.assistant_id == assistant.id
+    asked = second.beta.threads.runs.cancel(run.id, thread_id=run.thread_id)
+    assert asked.status == "cancelling"
+    ended = wait_for(run_status(second, run.thread_id, run.id), lambda r: r.status == "cancelled")
+    assert ended.cancelled_at is not None
+    assert first.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id).status == "cancelled"
