@@ -130,7 +130,9 @@ async def end_run_row(
         .values(status=status, data=dump(run))
     )
     if not result.rowcount:
-        await db.rollback()
+        # Nothing was written: see the row as whoever changed it left it.
+        await db.commit()
+        await db.refresh(row)
         return None
     for step_row in await run_steps(db, run_id=row.id):
         step = public(step_row)

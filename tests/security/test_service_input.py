@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.e2e.conftest import Stack
 from tests.proxy.conftest import KEY_A
@@ -120,7 +121,7 @@ def test_oversized_code_is_refused_before_anything_runs(make_stack: Any) -> None
 def test_audit_rows_keep_a_bounded_copy_of_the_code(stack: Stack) -> None:
     code = "x = 1\n" + "# padding\n" * 50_000  # 500 KB, under the limit
     assert run(stack, {"code": code}).status_code == 200
-    db = sqlite3.connect(stack.settings.data_dir / "codeproxy.db")
+    db = sqlite3.connect(str(make_url(stack.settings.database).database))
     try:
         [(stored,)] = db.execute("SELECT code FROM executions").fetchall()
     finally:
