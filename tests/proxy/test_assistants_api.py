@@ -3,6 +3,7 @@ objects and their lists, tenants, function tools through `requires_action`, the 
 options as the upstream receives them, and bad input."""
 
 import base64
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -716,3 +717,28 @@ def test_another_process_reads_and_cancels_a_run(
     ended = wait_for(run_status(second, run.thread_id, run.id), lambda r: r.status == "cancelled")
     assert ended.cancelled_at is not None
     assert first.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id).status == "cancelled"
+
+
+def test_a_run_outlives_a_stream_its_client_left(
+    client: openai.OpenAI, upstream: ScriptedUpstream
+) -> None:
+    upstream.delay = 0.5
+    upstream.push(completion("Still answered."))
+    assistant = client.beta.assistants.create(model="gpt-test")
+    url = str(client.base_url).rstrip("/") + "/threads/runs"
+    body = {
+        "assistant_id": assistant.id,
+        "thread": {"messages": [{"role": "user", "content": "Hi"}]},
+        "stream": True,
+    }
+    with httpx.stream("POST", url, json=body, headers=AUTH, timeout=30) as response:
+        lines = response.iter_lines()
+        while next(lines) != "event: thread.run.created":
+            pass
+        run = json.loads(next(lines).removeprefix("data: "))
+    # The client is gone before the model answered; the run goes on.
+    done = wait_for(
+        run_status(client, run["thread_id"], run["id"]), lambda r: r.status == "completed"
+    )
+    answer = client.beta.threads.messages.list(done.thread_id).data[0]
+    assert answer.content[0].text.value == "Still answered."  # type: ignore[union-attr]
