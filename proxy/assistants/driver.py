@@ -4,10 +4,12 @@ A driver runs in a background task of the process that created (or resumed) the 
 prepares the thread's sandbox — the same session as the thread's earlier runs while it lives;
 a new one with the thread's files put back, and the model told its variables are gone, once
 it has expired — builds the upstream context, and folds the engine's events with the run
-renderer. Every change of state is stored before its frames go to the streams that follow the
-run, so a client that sees `requires_action` can submit tool outputs at once, and any process
-can answer a GET. It stops at `requires_action`, at the end of the run, when a token limit is
-reached, or when it is cancelled (by a client, or by the shutdown of the service).
+renderer. Every change of the run's status is stored before its frames go to the streams that
+follow the run (a client that sees `requires_action` can submit tool outputs at once; one
+that sees `completed` finds the messages), and the steps are stored before code runs and
+before each further model call, so any process answers a GET with what has run; text is only
+streamed as it arrives. The driver stops at `requires_action`, at the end of the run, at a
+token limit, or when it is cancelled (by a client, or by the shutdown of the service).
 """
 
 import asyncio
@@ -93,6 +95,8 @@ class Sandbox:
 
 
 class RunDriver:
+    """Drives one stretch of a run: from its start, or from submitted tool outputs."""
+
     def __init__(
         self,
         services: Services,

@@ -37,7 +37,14 @@ from proxy.errors import InvalidRequestError
 from proxy.ids import new_id
 from proxy.jsonutil import JSONResponse, dumps, loads
 from proxy.streaming import event_frame, guarded
-from storage.assistants import DRIVEN, claim_thread, get_object, list_objects, run_steps
+from storage.assistants import (
+    DRIVEN,
+    claim_thread,
+    get_object,
+    list_objects,
+    release_thread,
+    run_steps,
+)
 from storage.models import Assistant, Thread, ThreadRun
 
 router = APIRouter(tags=["assistants"])
@@ -62,7 +69,9 @@ async def active_run(db: AsyncSession, runs: RunManager, thread: Thread) -> str 
     if thread.active_run_id is None:
         return None
     row = await get_object(db, ThreadRun, tenant=thread.tenant, id=thread.active_run_id)
-    if row is None:
+    if row is None:  # not to be: runs go with their thread; never hold it forever then
+        await release_thread(db, thread_id=thread.id, run_id=thread.active_run_id)
+        await db.commit()
         return None
     row = await settled(db, runs, row)
     return None if row.status in TERMINAL else row.id
