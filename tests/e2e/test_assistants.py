@@ -286,11 +286,16 @@ def test_cancel_interrupts_running_code(stack: Stack) -> None:
     client = stack.client()
     assistant = client.beta.assistants.create(model="gpt-test", tools=CI)
     stack.upstream.push(
-        completion(tool_calls=[code_call("import time\nstate = 'kept'\ntime.sleep(120)")])
+        completion(tool_calls=[code_call("state = 'kept'")]),
+        completion("Kept it."),
+        completion(tool_calls=[code_call("import time\ntime.sleep(120)")]),
     )
-    run = client.beta.threads.create_and_run(
-        assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "Wait."}]}
+    first = client.beta.threads.create_and_run_poll(
+        assistant_id=assistant.id,
+        thread={"messages": [{"role": "user", "content": "Keep a state."}]},
+        poll_interval_ms=20,
     )
+    run = client.beta.threads.runs.create(thread_id=first.thread_id, assistant_id=assistant.id)
 
     def code_running() -> list[Any]:
         return steps_of(client, run)
@@ -303,7 +308,7 @@ def test_cancel_interrupts_running_code(stack: Stack) -> None:
     [step] = steps_of(client, run)
     assert step.status == "cancelled" and step.cancelled_at is not None
 
-    # The thread is free again, and the kernel kept its state.
+    # The thread is free again, its sandbox too, and the kernel kept its state.
     stack.upstream.push(completion(tool_calls=[code_call("print(state)")]), completion("Kept."))
     again = client.beta.threads.runs.create_and_poll(
         thread_id=run.thread_id, assistant_id=assistant.id, poll_interval_ms=20

@@ -72,7 +72,7 @@ def test_a_run_interrupted_by_a_restart_ends_failed(
         "CODEPROXY_RUN_HEARTBEAT_INTERVAL": "0.3",
     }
     log = tmp_path / "proxy.log"
-    upstream.push(completion(tool_calls=[code_call("import time\ntime.sleep(3)\nprint('slept')")]))
+    upstream.push(completion(tool_calls=[code_call("import time\ntime.sleep(20)\nprint('slept')")]))
     with api_process(env, log) as (url, proc):
         client = sdk_client(url, KEY_A)
         assistant = client.beta.assistants.create(

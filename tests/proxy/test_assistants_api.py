@@ -384,47 +384,47 @@ def test_limits_and_upstream_errors_end_runs(
 
 
 def test_one_active_run_per_thread(client: openai.OpenAI, upstream: ScriptedUpstream) -> None:
-    upstream.delay = 1.0
-    upstream.push(completion("Slow answer."))
-    assistant = client.beta.assistants.create(model="gpt-test")
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "Hi"}])
+    upstream.push(completion(tool_calls=[tool_call("get_weather", '{"city": "Rome"}', "call_r")]))
+    assistant = client.beta.assistants.create(model="gpt-test", tools=[WEATHER])
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "Rome?"}])
     first = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
     assert first.status == "queued"
+    # Queued, in progress or waiting for tool outputs: the run holds its thread.
     with pytest.raises(openai.BadRequestError) as exc:
         client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
     assert error(exc, 400)["message"] == (
         f"Thread {thread.id} already has an active run {first.id}."
     )
-    done = wait_for(run_status(client, thread.id, first.id), lambda r: r.status == "completed")
-    assert done.completed_at is not None and done.started_at is not None
-    assert len(client.beta.threads.runs.list(thread.id).data) == 1  # the refused one is nowhere
+    wait_for(run_status(client, thread.id, first.id), lambda r: r.status == "requires_action")
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    assert "already has an active run" in error(exc, 400)["message"]
+    assert len(client.beta.threads.runs.list(thread.id).data) == 1  # the refused ones are nowhere
+
+    # Cancelled at once, with its waiting step; the thread is free again.
+    cancelled = client.beta.threads.runs.cancel(first.id, thread_id=thread.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
+    [step] = client.beta.threads.runs.steps.list(first.id, thread_id=thread.id).data
+    assert step.status == "cancelled"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.beta.threads.runs.cancel(first.id, thread_id=thread.id)
+    assert error(exc, 400)["message"] == "Cannot cancel run with status 'cancelled'."
+    upstream.push(completion("Sunny."))
+    done = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=20
+    )
+    assert done.status == "completed" and done.started_at is not None
 
 
-def test_cancel_and_expiry_of_a_run_waiting_for_outputs(
+def test_a_run_waiting_for_outputs_expires(
     serve: Callable[..., str], upstream: ScriptedUpstream
 ) -> None:
     client = sdk(serve(run_heartbeat_interval=0.1, run_action_timeout=1))
     assistant = client.beta.assistants.create(model="gpt-test", tools=[WEATHER])
-    calls = [tool_call("get_weather", '{"city": "Rome"}') for _ in range(2)]
-    upstream.push(completion(tool_calls=[calls[0]]), completion(tool_calls=[calls[1]]))
-    waiting = client.beta.threads.create_and_run_poll(
-        assistant_id=assistant.id,
-        thread={"messages": [{"role": "user", "content": "Rome?"}]},
-        poll_interval_ms=20,
+    upstream.push(completion(tool_calls=[tool_call("get_weather", '{"city": "Rome"}')]))
+    left = client.beta.threads.create_and_run(
+        assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "Rome?"}]}
     )
-    assert waiting.status == "requires_action" and waiting.expires_at is not None
-    cancelled = client.beta.threads.runs.cancel(waiting.id, thread_id=waiting.thread_id)
-    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
-    [step] = client.beta.threads.runs.steps.list(waiting.id, thread_id=waiting.thread_id).data
-    assert step.status == "cancelled"
-    with pytest.raises(openai.BadRequestError) as exc:
-        client.beta.threads.runs.cancel(waiting.id, thread_id=waiting.thread_id)
-    assert error(exc, 400)["message"] == "Cannot cancel run with status 'cancelled'."
-
-    left = client.beta.threads.runs.create_and_poll(
-        thread_id=waiting.thread_id, assistant_id=assistant.id, poll_interval_ms=20
-    )
-    assert left.status == "requires_action"
     expired = wait_for(run_status(client, left.thread_id, left.id), lambda r: r.status == "expired")
     assert expired.required_action is None
     [step] = client.beta.threads.runs.steps.list(left.id, thread_id=left.thread_id).data
@@ -435,7 +435,7 @@ def test_shutdown_mid_run_fails_the_run_and_frees_the_thread(
     make_settings: Callable[..., Settings], upstream: ScriptedUpstream
 ) -> None:
     settings = make_settings(upstream_base_url=upstream.url + "/v1")
-    upstream.delay = 2.0  # the model is still thinking when the service stops
+    upstream.hold = True  # the model is still thinking when the service stops
     upstream.push(completion("Too late."))
     with run_server(create_app(settings)) as url:
         client = sdk(url)
@@ -444,7 +444,7 @@ def test_shutdown_mid_run_fails_the_run_and_frees_the_thread(
             assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "Hi"}]}
         )
         wait_for(run_status(client, run.thread_id, run.id), lambda r: r.status == "in_progress")
-    upstream.delay = 0
+    upstream.hold = False
     with run_server(create_app(settings)) as url:
         client = sdk(url)
         stopped = client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id)
@@ -704,7 +704,7 @@ def test_another_process_reads_and_cancels_a_run(
     and cancels it (the driving process sees the cancellation at its next heartbeat)."""
     first = sdk(serve(run_heartbeat_interval=0.1))
     second = sdk(serve(run_heartbeat_interval=0.1))
-    upstream.delay = 2.0
+    upstream.hold = True  # still thinking when the other process cancels the run
     upstream.push(completion("Too slow."))
     assistant = first.beta.assistants.create(model="gpt-test")
     run = first.beta.threads.create_and_run(
@@ -717,12 +717,13 @@ def test_another_process_reads_and_cancels_a_run(
     ended = wait_for(run_status(second, run.thread_id, run.id), lambda r: r.status == "cancelled")
     assert ended.cancelled_at is not None
     assert first.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id).status == "cancelled"
+    upstream.hold = False
 
 
 def test_a_run_outlives_a_stream_its_client_left(
     client: openai.OpenAI, upstream: ScriptedUpstream
 ) -> None:
-    upstream.delay = 0.5
+    upstream.hold = True
     upstream.push(completion("Still answered."))
     assistant = client.beta.assistants.create(model="gpt-test")
     url = str(client.base_url).rstrip("/") + "/threads/runs"
@@ -737,6 +738,7 @@ def test_a_run_outlives_a_stream_its_client_left(
             pass
         run = json.loads(next(lines).removeprefix("data: "))
     # The client is gone before the model answered; the run goes on.
+    upstream.hold = False
     done = wait_for(
         run_status(client, run["thread_id"], run["id"]), lambda r: r.status == "completed"
     )
