@@ -23,7 +23,7 @@ from typing import Any, cast
 from executor.api import Executor, SessionNotFound
 from proxy.assistants.context import attachment_files, thread_context
 from proxy.assistants.objects import TERMINAL
-from proxy.assistants.store import SHUTDOWN, dump, new_row, public, save
+from proxy.assistants.store import SHUTDOWN, changes, dump, new_row, public, write
 from proxy.chat import RESET_NOTE
 from proxy.coderunner import DATA, CodeRunner
 from proxy.deps import Services
@@ -40,7 +40,7 @@ from storage.assistants import (
     update_thread_sandbox,
 )
 from storage.files import get_file
-from storage.models import Assistant, Thread, ThreadMessage, ThreadRun
+from storage.models import Assistant, AssistantsObject, Thread, ThreadMessage, ThreadRun
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ class RunDriver:
         # Changed objects not stored yet, and the steps and messages already stored.
         self._unsaved: dict[str, dict[str, Any]] = {}
         self._stored: set[str] = set()
+        # The last write, each chained after the one before.
+        self._writing: asyncio.Future[None] | None = None
         self._runner: CodeRunner | None = None
         self._sandbox: Sandbox | None = None
         # The input files the runner still had to copy in when the run began: path → id.
@@ -207,44 +209,71 @@ class RunDriver:
         return None
 
     async def _emit(self, renderer: RunRenderer, frames: list[bytes], *, now: bool = False) -> None:
-        """Send the frames; first store what changed when it must be seen by then: every
-        change of the run's status (a client acts on it at once) and when `now`."""
+        """Send the frames, storing what changed: before sending when the run comes to rest
+        (a client acts on `requires_action` or `completed` at once), else alongside, when
+        the run's status changed or `now`."""
         for obj in renderer.take_changes():
             self._unsaved[obj["id"]] = obj
         if self._unsaved and (now or self.run["id"] in self._unsaved):
-            await self._store()
+            self._store()
+        if self.run["status"] in RESTING and self._writing is not None:
+            # Shielded: a cancellation meanwhile must not lose the write.
+            await asyncio.shield(self._writing)
         self.feed.publish(frames)
 
-    async def _store(self) -> None:
+    def _store(self) -> None:
+        """Write the unsaved objects as they are now, after the writes before (in a task of
+        its own, so the run goes on meanwhile)."""
         run = self.run
-        inserted: list[str] = []
-        async with self.services.db() as db:
-            for obj in self._unsaved.values():
+        rows: list[AssistantsObject] = []
+        updates: list[tuple[type[AssistantsObject], str, dict[str, Any]]] = []
+        for obj in self._unsaved.values():
+            if obj is run or obj["id"] in self._stored:
+                extra: dict[str, Any] = {}
                 if obj is run:
-                    await save(
-                        db,
-                        obj,
-                        heartbeat_at=time.time(),
-                        transcript=dumps(self._transcript).decode(),
-                    )
-                elif obj["id"] in self._stored:
-                    await save(db, obj)
-                else:  # the driver makes every step and message of its stretch of the run
-                    extra = {"run_id": run["id"]}
-                    if obj["object"] == "thread.message":
-                        extra["thread_id"] = run["thread_id"]
-                    db.add(new_row(obj, tenant=self.tenant, **extra))
-                    inserted.append(obj["id"])
-            # In the same transaction as the run's end: its thread's next run may start
-            # right after, and must find the sandbox as this run left it.
-            sandbox = self._sandbox_columns() if run["status"] in RESTING else {}
-            if run["status"] in TERMINAL:
-                await release_thread(db, thread_id=run["thread_id"], run_id=run["id"], **sandbox)
-            elif sandbox:
-                await update_thread_sandbox(db, thread_id=run["thread_id"], **sandbox)
-            await db.commit()
-        self._stored.update(inserted)
+                    extra = {
+                        "heartbeat_at": time.time(),
+                        "transcript": dumps(self._transcript).decode(),
+                    }
+                model, values = changes(obj, **extra)
+                updates.append((model, obj["id"], values))
+            else:  # the driver makes every step and message of its stretch of the run
+                parents = {"run_id": run["id"]}
+                if obj["object"] == "thread.message":
+                    parents["thread_id"] = run["thread_id"]
+                rows.append(new_row(obj, tenant=self.tenant, **parents))
+                self._stored.add(obj["id"])
         self._unsaved.clear()
+        # With the run's end: its thread's next run may start right after, and must find the
+        # sandbox as this run left it.
+        sandbox = self._sandbox_columns() if run["status"] in RESTING else {}
+        release = run["status"] in TERMINAL
+        self._writing = asyncio.ensure_future(
+            self._write(rows, updates, sandbox, release, after=self._writing)
+        )
+
+    async def _write(
+        self,
+        rows: list[AssistantsObject],
+        updates: list[tuple[type[AssistantsObject], str, dict[str, Any]]],
+        sandbox: dict[str, Any],
+        release: bool,
+        *,
+        after: "asyncio.Future[None] | None",
+    ) -> None:
+        if after is not None:
+            await after
+        thread_id, run_id = self.run["thread_id"], self.run["id"]
+        async with self.services.db() as db:
+            for row in rows:
+                db.add(row)
+            for model, id, values in updates:
+                await write(db, model, id, values)
+            if release:
+                await release_thread(db, thread_id=thread_id, run_id=run_id, **sandbox)
+            elif sandbox:
+                await update_thread_sandbox(db, thread_id=thread_id, **sandbox)
+            await db.commit()
 
     async def _load(self) -> tuple[Thread | None, Assistant | None, list[ThreadMessage]]:
         async with self.services.db() as db:

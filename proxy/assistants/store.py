@@ -78,18 +78,31 @@ def new_row(obj: dict[str, Any], *, tenant: str, **columns: Any) -> AssistantsOb
     )
 
 
-async def save(db: AsyncSession, obj: dict[str, Any], **columns: Any) -> None:
-    """Write an existing object (and other columns of its row); the caller commits."""
+def changes(obj: dict[str, Any], **columns: Any) -> tuple[type[AssistantsObject], dict[str, Any]]:
+    """The table of an object and the values to write to its row (`columns` too)."""
     model = MODELS[obj["object"]]
     values = {"data": dump(obj), **columns}
     if model is ThreadRun:
         values["status"] = obj["status"]
+    return model, values
+
+
+async def write(
+    db: AsyncSession, model: type[AssistantsObject], id: str, values: dict[str, Any]
+) -> None:
+    """Write values to an object's row; the caller commits."""
     await db.exec(
         update(model)
-        .where(col(model.id) == obj["id"])
+        .where(col(model.id) == id)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+
+
+async def save(db: AsyncSession, obj: dict[str, Any], **columns: Any) -> None:
+    """Write an existing object (and other columns of its row); the caller commits."""
+    model, values = changes(obj, **columns)
+    await write(db, model, obj["id"], values)
 
 
 async def settle(
