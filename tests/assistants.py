@@ -11,7 +11,12 @@ from openai import AssistantEventHandler
 from openai.types.beta.threads import Run, Text, TextDelta
 from openai.types.beta.threads.runs import ToolCall, ToolCallDelta
 
+from tests.proxy.conftest import KEY_A
+
 T = TypeVar("T")
+
+# What the SDK sends to the Assistants API, for raw requests.
+AUTH = {"authorization": f"Bearer {KEY_A}", "openai-beta": "assistants=v2"}
 
 # The SDK warns on every call of `client.beta.assistants` and `client.beta.threads`.
 SDK_WARNINGS = [
@@ -86,3 +91,11 @@ def wait_for(get: Callable[[], T], done: Callable[[T], bool], timeout: float = 6
 
 def run_status(client: openai.OpenAI, thread_id: str, run_id: str) -> Callable[[], Run]:
     return lambda: client.beta.threads.runs.retrieve(run_id, thread_id=thread_id)
+
+
+def error(exc: pytest.ExceptionInfo[openai.APIStatusError], status: int) -> dict[str, Any]:
+    """The error of an SDK exception, checked to be OpenAI's shape with `status`."""
+    assert exc.value.status_code == status
+    body = exc.value.body
+    assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
+    return body

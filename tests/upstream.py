@@ -183,7 +183,7 @@ class ScriptedUpstream:
         self.headers.append(dict(request.headers))
         if self.delay:
             await asyncio.sleep(self.delay)
-        while self.hold:
+        while self.hold:  # noqa: ASYNC110 (set from the test's thread, not this loop)
             await asyncio.sleep(0.01)
         if not self.script:
             return JSONResponse(
