@@ -17,7 +17,6 @@ from proxy.filestore import open_file
 from proxy.jsonutil import loads
 from storage.assistants import completed_runs
 from storage.files import get_file
-from storage.models import ThreadMessage
 
 # Images larger than this are described to the model instead of sent.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -28,15 +27,15 @@ async def thread_context(
     tenant: str,
     *,
     run: dict[str, Any],
-    rows: list[ThreadMessage],
+    thread: list[dict[str, Any]],
     paths: dict[str, str],
 ) -> list[dict[str, Any]]:
-    """The upstream messages for `run` from the thread's message `rows` (oldest first),
-    without what the run itself has added so far.
+    """The upstream messages for `run` from the thread's messages (oldest first), without
+    what the run itself has added so far.
 
     `paths` maps file ids to where they are in /mnt/data, to say where attachments are.
     """
-    messages = [loads(row.data) for row in rows if row.run_id != run["id"]]
+    messages = [m for m in thread if m.get("run_id") != run["id"]]
     truncation = run.get("truncation_strategy") or {}
     if truncation.get("type") == "last_messages" and truncation.get("last_messages"):
         messages = messages[-truncation["last_messages"] :]
@@ -57,7 +56,7 @@ async def thread_context(
     shown: set[str] = set()
     for message in messages:
         run_id = message.get("run_id")
-        if run_id in transcripts:
+        if run_id is not None and run_id in transcripts:
             if run_id not in shown:
                 shown.add(run_id)
                 out.extend(transcripts[run_id])
@@ -66,11 +65,11 @@ async def thread_context(
     return out
 
 
-def attachment_files(rows: list[ThreadMessage]) -> list[str]:
+def attachment_files(messages: list[dict[str, Any]]) -> list[str]:
     """The files attached to the messages for the code interpreter, oldest first."""
     files: list[str] = []
-    for row in rows:
-        for attachment in loads(row.data).get("attachments") or []:
+    for message in messages:
+        for attachment in message.get("attachments") or []:
             if any(t.get("type") == "code_interpreter" for t in attachment.get("tools") or []):
                 files.append(attachment["file_id"])
     return files

@@ -40,7 +40,7 @@ from storage.assistants import (
     update_thread_sandbox,
 )
 from storage.files import get_file
-from storage.models import Assistant, AssistantsObject, Thread, ThreadMessage, ThreadRun
+from storage.models import Assistant, AssistantsObject, Thread, ThreadRun
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class RunDriver:
         self.started = True
         renderer: RunRenderer | None = None
         try:
-            thread, assistant, rows = await self._load()
+            thread, assistant, messages = await self._load()
             renderer = RunRenderer(
                 self.run,
                 files=loads(thread.outputs) if thread else {},
@@ -141,9 +141,9 @@ class RunDriver:
                 raise asyncio.CancelledError  # stopped before it began, or its thread is gone
             await self._emit(renderer, renderer.start())
             interpreter = any(t["type"] == "code_interpreter" for t in self.run["tools"])
-            self._sandbox = await self._prepare(thread, assistant, rows, interpreter)
+            self._sandbox = await self._prepare(thread, assistant, messages, interpreter)
             self._runner = await self._attach(self._sandbox, interpreter)
-            engine = await self._engine(rows, interpreter)
+            engine = await self._engine(messages, interpreter)
             await self._loop(engine, renderer)
         except asyncio.CancelledError:
             if renderer is not None:
@@ -275,20 +275,20 @@ class RunDriver:
                 await update_thread_sandbox(db, thread_id=thread_id, **sandbox)
             await db.commit()
 
-    async def _load(self) -> tuple[Thread | None, Assistant | None, list[ThreadMessage]]:
+    async def _load(self) -> tuple[Thread | None, Assistant | None, list[dict[str, Any]]]:
         async with self.services.db() as db:
             thread = await get_object(db, Thread, tenant=self.tenant, id=self.row.thread_id)
             assistant = await get_object(
                 db, Assistant, tenant=self.tenant, id=self.run["assistant_id"]
             )
             rows = await thread_messages(db, thread_id=self.row.thread_id)
-        return thread, assistant, rows
+        return thread, assistant, [public(row) for row in rows]
 
     async def _prepare(
         self,
         thread: Thread,
         assistant: Assistant | None,
-        rows: list[ThreadMessage],
+        messages: list[dict[str, Any]],
         interpreter: bool,
     ) -> Sandbox:
         """The thread's sandbox as this run finds it, and the input files to copy in: the
@@ -307,7 +307,7 @@ class RunDriver:
             if owner is not None:
                 resources = loads(owner.data).get("tool_resources") or {}
                 inputs += (resources.get("code_interpreter") or {}).get("file_ids", [])
-        inputs += attachment_files(rows)
+        inputs += attachment_files(messages)
         async with self.services.db() as db:
             sandbox.to_place = [
                 f
@@ -331,11 +331,13 @@ class RunDriver:
         self._pending = runner.pending_paths
         return runner
 
-    async def _engine(self, rows: list[ThreadMessage], interpreter: bool) -> Engine:
+    async def _engine(self, thread: list[dict[str, Any]], interpreter: bool) -> Engine:
         run, sandbox, runner = self.run, self._sandbox, self._runner
         assert sandbox is not None and runner is not None
         paths = {**sandbox.placed, **{fid: path for path, fid in self._pending.items()}}
-        messages = await thread_context(self.services, self.tenant, run=run, rows=rows, paths=paths)
+        messages = await thread_context(
+            self.services, self.tenant, run=run, thread=thread, paths=paths
+        )
         notes: list[str] = []
         if sandbox.reset:
             notes.append(RESET_NOTE)
