@@ -262,18 +262,24 @@ class RunDriver:
         after: "asyncio.Future[None] | None",
     ) -> None:
         if after is not None:
-            await after
+            # In order, whatever became of it (it logged its own failure).
+            with contextlib.suppress(Exception):
+                await after
         thread_id, run_id = self.run["thread_id"], self.run["id"]
-        async with self.services.db() as db:
-            for row in rows:
-                db.add(row)
-            for model, id, values in updates:
-                await write(db, model, id, values)
-            if release:
-                await release_thread(db, thread_id=thread_id, run_id=run_id, **sandbox)
-            elif sandbox:
-                await update_thread_sandbox(db, thread_id=thread_id, **sandbox)
-            await db.commit()
+        try:
+            async with self.services.db() as db:
+                for row in rows:
+                    db.add(row)
+                for model, id, values in updates:
+                    await write(db, model, id, values)
+                if release:
+                    await release_thread(db, thread_id=thread_id, run_id=run_id, **sandbox)
+                elif sandbox:
+                    await update_thread_sandbox(db, thread_id=thread_id, **sandbox)
+                await db.commit()
+        except Exception:
+            logger.exception("could not store the state of run %s", run_id)
+            raise
 
     async def _load(self) -> tuple[Thread | None, Assistant | None, list[dict[str, Any]]]:
         async with self.services.db() as db:
