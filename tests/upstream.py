@@ -154,6 +154,8 @@ class ScriptedUpstream:
         self.url = ""  # set once it is served
         # Seconds to wait before answering, to simulate a slow model.
         self.delay = 0.0
+        # While set, every answer waits (a model still thinking, for as long as a test needs).
+        self.hold = False
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -181,6 +183,8 @@ class ScriptedUpstream:
         self.headers.append(dict(request.headers))
         if self.delay:
             await asyncio.sleep(self.delay)
+        while self.hold:  # noqa: ASYNC110 (set from the test's thread, not this loop)
+            await asyncio.sleep(0.01)
         if not self.script:
             return JSONResponse(
                 {
