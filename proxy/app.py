@@ -16,6 +16,8 @@ from codeproxy.metrics import MetricsMiddleware
 from codeproxy.metrics import render as render_metrics
 from codeproxy.web import RequestIdMiddleware
 from executor.api import Executor
+from proxy import assistants
+from proxy.assistants.manager import RunManager
 from proxy.auth import Authenticator
 from proxy.deps import Services
 from proxy.errors import install_handlers, render_unexpected
@@ -132,6 +134,8 @@ def create_app(
             metrics=metrics,
         )
         sweeper = asyncio.create_task(_housekeeping(app.state.services))
+        app.state.runs = RunManager(app.state.services)
+        await app.state.runs.start()
         # Everything built so far lives as long as the app: keep it out of the collector's
         # full passes, which would otherwise stall requests by tens of milliseconds.
         gc.freeze()
@@ -139,6 +143,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.runs.stop()
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -161,6 +166,7 @@ def create_app(
     api = APIRouter()
     for module in (chat, code_interpreter, containers, downloads, files, models, responses):
         api.include_router(module.router)
+    api.include_router(assistants.router)
     app.include_router(health.router)
     app.include_router(api, prefix="/v1")
     # Clients whose base URL lacks /v1 reach the same routes.

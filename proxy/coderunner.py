@@ -217,6 +217,11 @@ class CodeRunner:
     def pending_files(self) -> list[tuple[str, int]]:
         return [(f"{DATA}/{name}", row.bytes) for name, row in self._pending.items()]
 
+    @property
+    def pending_paths(self) -> dict[str, str]:
+        """The files still to copy in before the first run: /mnt/data path → file id."""
+        return {f"{DATA}/{name}": row.id for name, row in self._pending.items()}
+
     async def session(self) -> str:
         """The session to run in: the attached one, or a new one; input files copied in."""
         if self.session_id is None:

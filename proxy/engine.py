@@ -88,7 +88,9 @@ class Turn:
     stream_options: dict[str, Any] | None = None
     # Said to the model after the interpreter's own system note (e.g. that state was lost).
     note: str = ""
-    # Offer the interpreter; without it the engine only relays the model and its function calls.
+    # Offer the interpreter. Off, the turn is the model with the client's functions alone
+    # (an assistant without the code interpreter): no interpreter tool, no system note of it,
+    # and every call the model makes is handed back.
     interpreter: bool = True
 
 
@@ -100,11 +102,10 @@ class Engine:
         self.model = model
         self.runner = runner
         self.turn = turn
-        if turn.interpreter:
-            system = system_note(runner.pending_files) + (f"\n{turn.note}" if turn.note else "")
-            self.messages = add_system_note(turn.messages, system)
-        else:
-            self.messages = list(turn.messages)
+        system = "\n".join(
+            ([system_note(runner.pending_files)] if turn.interpreter else []) + [turn.note]
+        ).strip()
+        self.messages = add_system_note(turn.messages, system) if system else list(turn.messages)
         self._turn_start = len(self.messages)
         self.usage: dict[str, Any] = {}
         self._heartbeat = settings.keepalive_interval if turn.stream else None

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     max_hidden_chars: int = Field(default=40_000, ge=1000)
     conversation_retention: int = Field(default=7 * 86400, ge=60)
 
+    # Assistants runs: how often the process driving a run says so (a run silent for three
+    # intervals lost its process and fails), how long a run waits for tool outputs, and the
+    # poll interval suggested to clients (`openai-poll-after-ms`).
+    run_heartbeat_interval: float = Field(default=5.0, gt=0)
+    run_action_timeout: int = Field(default=600, ge=1)
+    run_poll_after_ms: int = Field(default=200, ge=0)
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -23,6 +23,11 @@ def frame(data: Any) -> bytes:
     return b"data: " + dumps(data) + b"\n\n"
 
 
+def event_frame(event: str, data: Any) -> bytes:
+    """A frame whose `event:` line says what the data is."""
+    return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"
+
+
 async def read_events(body: AsyncIterable[bytes]) -> AsyncIterator[dict[str, Any]]:
     """The JSON objects of an upstream SSE stream (read line by line), until `[DONE]`."""
     data: list[str] = []

@@ -196,3 +196,70 @@ class StoredResponse(SQLModel, table=True):
     # messages, the hidden code steps included, `instructions` not), for `previous_response_id`.
     conversation: str
     container_id: str | None = None
+
+
+class AssistantsObject(SQLModel):
+    """What every stored object of the Assistants API has: its id, its tenant, its creation
+    time and the object itself as the API serves it (JSON), so a read is one row."""
+
+    # A monotonic sequence orders lists, even within one second.
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(unique=True, index=True)
+    tenant: str = Field(index=True)
+    created_at: int
+    data: str
+
+
+class Assistant(AssistantsObject, table=True):
+    """An assistant (`asst_…`)."""
+
+    __tablename__ = "assistants"
+
+
+class Thread(AssistantsObject, table=True):
+    """A thread (`thread_…`) and the sandbox its runs share."""
+
+    __tablename__ = "threads"
+
+    # The run that is queued, in progress, waiting for tool outputs or being cancelled; at
+    # most one, set and cleared with conditional updates.
+    active_run_id: str | None = None
+    # The executor session of the thread's code, while it lives.
+    session_id: str | None = None
+    # JSON {file_id: "/mnt/data/<name>"}: input files already copied into that session.
+    placed: str = "{}"
+    # JSON {"/mnt/data/<path>": file_id}: files the thread's code wrote, to put back in a new
+    # session and to link from messages.
+    outputs: str = "{}"
+
+
+class ThreadMessage(AssistantsObject, table=True):
+    """A message of a thread (`msg_…`)."""
+
+    __tablename__ = "thread_messages"
+
+    thread_id: str = Field(index=True)
+    run_id: str | None = None
+
+
+class ThreadRun(AssistantsObject, table=True):
+    """A run (`run_…`). `status` mirrors the object's for queries."""
+
+    __tablename__ = "thread_runs"
+
+    thread_id: str = Field(index=True)
+    status: str = Field(index=True)
+    # Written every few seconds by the process that drives the run: a run whose heartbeat
+    # stopped lost its process (a restart) and is ended as failed.
+    heartbeat_at: float
+    # JSON: the messages the run added to the upstream conversation (code calls and results,
+    # function calls and outputs, its answer), in chat-completions form.
+    transcript: str = "[]"
+
+
+class RunStep(AssistantsObject, table=True):
+    """A step of a run (`step_…`)."""
+
+    __tablename__ = "run_steps"
+
+    run_id: str = Field(index=True)

@@ -164,6 +164,8 @@ class ScriptedUpstream:
         self.retrievable = False
         # Seconds to wait before answering, to simulate a slow model.
         self.delay = 0.0
+        # While set, every answer waits (a model still thinking, for as long as a test needs).
+        self.hold = False
         # Answers every request once the script is empty (concurrent tests, whose requests
         # arrive in no fixed order, script by content instead).
         self.fallback: Reply | None = None
@@ -204,6 +206,8 @@ class ScriptedUpstream:
         self.headers.append(dict(request.headers))
         if self.delay:
             await asyncio.sleep(self.delay)
+        while self.hold:  # noqa: ASYNC110 (set from the test's thread, not this loop)
+            await asyncio.sleep(0.01)
         if not self.script and self.fallback is not None:
             self.script.append(self.fallback)
         if not self.script:

@@ -10,13 +10,17 @@ interleaved batches, so drift hits every kind alike:
   call, the run, upstream call answered with text), as JSON and as SSE;
 - responses: the same loop through the Responses API (`POST /v1/responses`, the same container,
   bridged to the upstream's chat completions, the response stored as by default), as JSON and
-  as SSE.
+  as SSE;
+- Assistants run: the same one-round code run as an Assistants run on one thread (one
+  sandbox), from its creation to `completed`: streamed (`stream: true`, read until
+  `thread.run.completed`), and polled (created, then retrieved every 10 ms until completed;
+  the run executes in the background and stores every step).
 
-Printed per form: the p50s, the loop/passthrough ratio, and the loop's own cost beyond its two
-upstream calls and the execution the sandbox reports (loop - 2 x passthrough - execution; the
-SSE form does not report its execution, so the JSON form's median stands in), for chat and for
-the Responses API. Absolute numbers move with the machine's load; the ratios are what to
-compare between two checkouts, and the Responses loop against the chat loop of the same run.
+Printed per form: the p50s, the ratio to the passthrough, and the cost beyond the two
+upstream calls and the execution the sandbox reports (total - 2 x passthrough - execution;
+the SSE, Responses and Assistants forms do not report their execution, so the JSON loop's
+median stands in), and the Responses loop against the chat loop of the same form. Absolute
+numbers move with the machine's load; the ratios are what to compare between two checkouts.
 """
 
 import argparse
@@ -34,6 +38,8 @@ import aiohttp
 from tests.bench.bench_proxy import BODY, KEY, REPO, pct, port, start
 
 HEADERS = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+BETA = {**HEADERS, "openai-beta": "assistants=v2"}
+POLL_SECONDS = 0.01
 
 
 async def once(
@@ -54,6 +60,27 @@ async def once(
         return elapsed, None
     executions = json.loads(raw).get("code_interpreter", {}).get("executions", [])
     return elapsed, executions[0]["duration_ms"] / 1000 if executions else None
+
+
+async def assistants_run(
+    client: aiohttp.ClientSession, proxy: str, thread: str, data: bytes, stream: bool
+) -> float:
+    """Seconds from creating a run to seeing it `completed`."""
+    url = f"{proxy}/v1/threads/{thread}/runs"
+    t0 = time.perf_counter()
+    async with client.post(url, data=data, headers=BETA) as response:
+        raw = await response.read()
+        if stream:
+            elapsed = time.perf_counter() - t0
+            assert b"event: thread.run.completed" in raw, raw[-500:]
+            return elapsed
+        run = json.loads(raw)
+    while run["status"] != "completed":
+        assert run["status"] in ("queued", "in_progress"), run
+        await asyncio.sleep(POLL_SECONDS)
+        async with client.get(f"{url}/{run['id']}", headers=BETA) as response:
+            run = await response.json()
+    return time.perf_counter() - t0
 
 
 async def run(scale: float) -> int:
@@ -106,19 +133,36 @@ async def run(scale: float) -> int:
                 "passthrough SSE": (url, {**BODY, "stream": True}, True),
                 "loop SSE": (url, {**loop_body, "stream": True}, True),
                 "responses SSE": (responses_url, {**responses_body, "stream": True}, True),
+                "run polled": ("", {}, False),
+                "run SSE": ("", {}, True),
             }
-            for name, (target, body, stream) in kinds.items():  # warm up every path
-                for _ in range(5):
-                    await once(client, target, json.dumps(body).encode(), stream)
+            thread = await assistants_thread(client, proxy)
+
+            async def measure(name: str) -> None:
+                target, body, stream = kinds[name]
+                if name.startswith("run"):
+                    run_body = {**thread[1], "stream": stream}
+                    samples[name].append(
+                        await assistants_run(
+                            client, proxy, thread[0], json.dumps(run_body).encode(), stream
+                        )
+                    )
+                    return
+                elapsed, execution = await once(client, target, json.dumps(body).encode(), stream)
+                samples[name].append(elapsed)
+                if execution is not None:
+                    execs.append(execution)
+
+            for name in kinds:  # warm up every path
                 samples[name] = []
+                for _ in range(5):
+                    await measure(name)
+                samples[name] = []
+            execs.clear()
             for _ in range(8):
-                for name, (target, body, stream) in kinds.items():
-                    data = json.dumps(body).encode()
+                for name in kinds:
                     for _ in range(n // 8 or 1):
-                        elapsed, execution = await once(client, target, data, stream)
-                        samples[name].append(elapsed)
-                        if execution is not None:
-                            execs.append(execution)
+                        await measure(name)
     finally:
         for proc in procs:
             proc.terminate()
@@ -126,28 +170,50 @@ async def run(scale: float) -> int:
 
     p50 = {name: statistics.median(values) for name, values in samples.items()}
     execution = statistics.median(execs)
-    print("\nLoop cost against a passthrough of the same form, one client (ms)")
+    print("\nChat loop, Responses loop and Assistants run against a passthrough, one client (ms)")
     print(f"{'':>18} {'p50':>8} {'p99':>8}")
     for name, values in samples.items():
         print(f"{name:>18} {p50[name] * 1e3:>8.2f} {pct(values, 0.99) * 1e3:>8.2f}")
     print(f"{'execution':>18} {execution * 1e3:>8.2f}  (as the sandbox reports it, p50)")
-    for form in ("JSON", "SSE"):
-        passthrough = p50[f"passthrough {form}"]
-        beyond: dict[str, float] = {}
-        for surface, name in (("chat", f"loop {form}"), ("responses", f"responses {form}")):
-            loop = p50[name]
-            beyond[surface] = loop - 2 * passthrough - execution
-            print(
-                f"{form} {surface}: loop / passthrough {loop / passthrough:.2f}; loop beyond "
-                f"two upstream calls and the execution {beyond[surface] * 1e3:.2f} ms "
-                f"({beyond[surface] / passthrough:.2f} passthroughs)"
-            )
-        ratio = p50[f"responses {form}"] / p50[f"loop {form}"]
-        extra = (beyond["responses"] - beyond["chat"]) * 1e3
+    for name, form in (
+        ("loop JSON", "JSON"),
+        ("loop SSE", "SSE"),
+        ("responses JSON", "JSON"),
+        ("responses SSE", "SSE"),
+        ("run polled", "JSON"),
+        ("run SSE", "SSE"),
+    ):
+        total, passthrough = p50[name], p50[f"passthrough {form}"]
+        beyond = total - 2 * passthrough - execution
         print(
-            f"{form}: Responses loop / chat loop {ratio:.2f}; beyond the chat loop {extra:+.2f} ms"
+            f"{name}: / passthrough {total / passthrough:.2f}; beyond two upstream calls and "
+            f"the execution {beyond * 1e3:.2f} ms ({beyond / passthrough:.2f} passthroughs)"
+        )
+    for form in ("JSON", "SSE"):
+        extra = (p50[f"responses {form}"] - p50[f"loop {form}"]) * 1e3
+        print(
+            f"{form}: Responses loop / chat loop "
+            f"{p50[f'responses {form}'] / p50[f'loop {form}']:.2f}; beyond the chat loop "
+            f"{extra:+.2f} ms"
         )
     return 0
+
+
+async def assistants_thread(
+    client: aiohttp.ClientSession, proxy: str
+) -> tuple[str, dict[str, Any]]:
+    """A thread for the runs, and the body of each run: a new question, and only that
+    question as context, so every run costs the same."""
+    body = {"model": "bench", "tools": [{"type": "code_interpreter"}]}
+    async with client.post(f"{proxy}/v1/assistants", json=body, headers=BETA) as response:
+        assistant = (await response.json())["id"]
+    async with client.post(f"{proxy}/v1/threads", json={}, headers=BETA) as response:
+        thread = (await response.json())["id"]
+    return thread, {
+        "assistant_id": assistant,
+        "additional_messages": [{"role": "user", "content": "hi"}],
+        "truncation_strategy": {"type": "last_messages", "last_messages": 1},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,3 +78,44 @@ def test_responses_csv(stack: Stack, tmp_path: Path) -> None:
     assert (tmp_path / "revenue.png").read_bytes().startswith(b"\x89PNG")
     # The second turn ran in the first turn's kernel: `df` was still there.
     assert "Error" not in stack.upstream.requests[3]["messages"][-1]["content"]
+
+
+SOLVE = "from sympy import solve, symbols\nx = symbols('x')\nprint(solve(3 * x + 11 - 14, x))"
+
+
+def test_assistants_quickstart(stack: Stack, tmp_path: Path) -> None:
+    stack.upstream.push(
+        completion("Let me solve it.", tool_calls=[code_call(SOLVE)]),
+        completion("Jane Doe, the solution is x = 1."),
+    )
+    out = run_example(stack, "assistants_quickstart.py", tmp_path)
+    assert "assistant > Let me solve it." in out
+    assert "assistant > code_interpreter\n" in out
+    assert "from sympy import solve, symbols" in out
+    assert "output >\n\n[1]\n" in out
+    assert out.rstrip().endswith("assistant > Jane Doe, the solution is x = 1.")
+    # The run's instructions replace the assistant's, as in OpenAI's API.
+    system = stack.upstream.requests[0]["messages"][0]["content"]
+    assert system.startswith("Please address the user as Jane Doe.")
+    assert "math tutor" not in system
+
+
+def test_assistants_files(stack: Stack, tmp_path: Path) -> None:
+    code = (
+        "import pandas as pd, matplotlib.pyplot as plt\n"
+        "df = pd.read_csv('/mnt/data/sales.csv')\n"
+        "totals = df.groupby('region')['revenue'].sum()\n"
+        "totals.to_csv('/mnt/data/totals.csv')\n"
+        "totals.plot.bar()\n"
+        "plt.show()"
+    )
+    stack.upstream.push(
+        completion(tool_calls=[code_call(code)]),
+        completion("Here are the [totals](sandbox:/mnt/data/totals.csv)."),
+    )
+    out = run_example(stack, "assistants_files.py", tmp_path)
+    assert "run: completed" in out and "code > import pandas" in out
+    assert "saved totals.csv" in out and "saved chart file-" in out
+    assert (tmp_path / "totals.csv").read_text().startswith("region,revenue")
+    [chart] = tmp_path.glob("file-*.png")
+    assert chart.read_bytes().startswith(b"\x89PNG")
