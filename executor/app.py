@@ -9,7 +9,6 @@ import contextlib
 import hmac
 import logging
 import math
-import re
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -40,7 +39,6 @@ logger = logging.getLogger(__name__)
 # Routes anyone may call: health checks come from load balancers, scrapes from Prometheus,
 # without the token. Neither reveals more than counts and the node's name.
 PUBLIC_PATHS = frozenset({"/health", "/metrics"})
-_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class MethodNotAllowed(InvalidRequest):

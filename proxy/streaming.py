@@ -6,14 +6,11 @@ Chat Completions frames are `data: <json>\\n\\n` with no `event:` line, ended by
 """
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any, TypeVar
+from typing import Any
 
 from proxy.errors import UpstreamError, translate
 from proxy.jsonutil import dumps, loads
-
-T = TypeVar("T")
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keepalive\n\n"
@@ -58,18 +55,3 @@ async def guarded(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byt
         raise
     except Exception as exc:
         yield frame(translate(exc).body())
-
-
-async def with_keepalive(task: "asyncio.Future[T]", interval: float) -> AsyncIterator[bytes]:
-    """Yield a heartbeat every `interval` seconds until `task` is done; cancel it if abandoned."""
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=interval)
-            if done:
-                return
-            yield KEEPALIVE
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task

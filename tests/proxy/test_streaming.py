@@ -9,7 +9,7 @@ import pytest
 
 from proxy.errors import InvalidRequestError, UpstreamError
 from proxy.jsonutil import loads
-from proxy.streaming import DONE, KEEPALIVE, frame, guarded, read_events, with_keepalive
+from proxy.streaming import DONE, KEEPALIVE, frame, guarded, read_events
 
 
 async def lines(*items: bytes) -> AsyncIterator[bytes]:
@@ -116,29 +116,3 @@ async def test_cancellation_passes_through_the_guard() -> None:
     with pytest.raises(asyncio.CancelledError):
         async for _ in guarded(b"first", cancelled()):
             pass
-
-
-async def test_heartbeats_while_the_task_runs() -> None:
-    done = asyncio.Event()
-    task = asyncio.ensure_future(done.wait())
-    beats = 0
-    async for beat in with_keepalive(task, 0.001):
-        assert beat == KEEPALIVE
-        beats += 1
-        if beats == 3:
-            done.set()
-    assert beats >= 3 and task.done() and not task.cancelled()
-
-
-async def test_no_heartbeat_for_a_task_already_done() -> None:
-    task = asyncio.ensure_future(asyncio.sleep(0))
-    await task
-    assert [beat async for beat in with_keepalive(task, 0.001)] == []
-
-
-async def test_an_abandoned_heartbeat_cancels_its_task() -> None:
-    task = asyncio.ensure_future(asyncio.Event().wait())
-    beats = with_keepalive(task, 0.001)
-    assert await anext(beats) == KEEPALIVE
-    await beats.aclose()
-    assert task.cancelled()
