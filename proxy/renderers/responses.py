@@ -38,6 +38,9 @@ from proxy.streaming import KEEPALIVE
 _LINK = re.compile(r"sandbox:(/mnt/data/[^\s)\]\"'<>]+)")
 # Chat's reasons for stopping early, as the Responses API reports them.
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+# The codes a failed `response.error` may carry (OpenAI's ResponseErrorCode, without the
+# image and vector-store ones no upstream error here maps to); any other is `server_error`.
+RESPONSE_ERROR_CODES = frozenset({"server_error", "rate_limit_exceeded", "invalid_prompt"})
 
 
 @dataclass(frozen=True)
@@ -434,7 +437,15 @@ class ResponseSSE(ResponseView):
         if isinstance(event, Failed):
             error = event.error.body().get("error") or {}
             fields = {k: error.get(k) for k in ("code", "message", "param")}
-            return [*out, self.frame({"type": "error", **fields})]
+            # `response.failed` closes the stream as OpenAI's does: a client waiting for a
+            # terminal `response.*` event is never left hanging.
+            code = fields["code"] if fields["code"] in RESPONSE_ERROR_CODES else "server_error"
+            failed = self.response("failed", error={"code": code, "message": fields["message"]})
+            return [
+                *out,
+                self.frame({"type": "error", **fields}),
+                self.frame({"type": "response.failed", "response": failed}),
+            ]
         out.extend(self.frame(e) for e in self.fold(event))
         if isinstance(event, Done):
             status, response = self.final()

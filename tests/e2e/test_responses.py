@@ -494,9 +494,12 @@ def test_a_failure_mid_stream_is_an_error_event(stack: Stack) -> None:
     assert response.status_code == 200
     events = sse(response.text)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
-    last = events[-1]
-    assert last["type"] == "error"
-    assert last["message"] == "boom" and last["code"] == "x" and "param" in last, str(last)
+    error, failed = events[-2:]
+    assert error["type"] == "error"
+    assert error["message"] == "boom" and error["code"] == "x" and "param" in error, str(error)
+    assert failed["type"] == "response.failed"
+    assert failed["response"]["status"] == "failed"
+    assert failed["response"]["error"] == {"code": "server_error", "message": "boom"}
     assert not any(e["type"] == "response.completed" for e in events)
 
 

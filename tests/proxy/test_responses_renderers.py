@@ -204,13 +204,18 @@ def test_a_failure_after_the_start_is_an_error_event() -> None:
         502, {"error": {"message": "gone", "type": "server_error", "param": None, "code": "x"}}, {}
     )
     events = parse(frames(renderer, [RoundStarted(0, None), TextDelta("Hi"), Failed(error)]))
-    assert events[-1] == {
+    assert events[-2] == {
         "type": "error",
         "code": "x",
         "message": "gone",
         "param": None,
-        "sequence_number": len(events) - 1,
+        "sequence_number": len(events) - 2,
     }
+    failed = events[-1]
+    assert failed["type"] == "response.failed" and failed["sequence_number"] == len(events) - 1
+    assert failed["response"]["status"] == "failed"
+    assert failed["response"]["error"] == {"code": "server_error", "message": "gone"}
+    assert failed["response"]["completed_at"] is None
 
 
 def test_client_calls_and_refusals() -> None:
