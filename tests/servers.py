@@ -14,11 +14,14 @@ loudly if startup fails, and stop the server (closing its connections) on exit.
 import asyncio
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from codeproxy.web import server_options
@@ -127,3 +130,17 @@ async def serve_app(
             await asyncio.wait_for(task, SHUTDOWN_TIMEOUT)
         finally:
             sock.close()
+
+
+def wait_until_up(proc: "subprocess.Popen[bytes]", url: str, log: Path) -> None:
+    """Wait for a service started as a process to answer `/health`; its log if it died."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)

@@ -5,17 +5,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import httpx
 
 from tests.assistants import SDK_WARNINGS, run_status, wait_for
 from tests.conftest import sdk_client
 from tests.e2e.test_two_services import TOKEN, executor_url, free_port
 from tests.proxy.conftest import KEY_A
+from tests.servers import wait_until_up
 from tests.upstream import ScriptedUpstream, code_call, completion
 
 pytestmark = SDK_WARNINGS
@@ -43,16 +41,7 @@ def api_process(env: dict[str, str], log: Path) -> Iterator[tuple[str, subproces
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_until_up(proc, url, log)
         yield url, proc
     finally:
         if proc.poll() is None:

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import REPO
 from tests.e2e.test_two_services import free_port
 from tests.proxy.conftest import KEY_A
+from tests.servers import wait_until_up
 from tests.upstream import Error, ScriptedUpstream, code_call, completion
 
 AUTH = {"authorization": f"Bearer {KEY_A}"}
@@ -67,16 +67,7 @@ def test_metrics_and_json_logs(tmp_path: Path, upstream: ScriptedUpstream) -> No
             cwd=tmp_path,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_until_up(proc, url, log)
 
         code = f"# {MARKER}\nopen('/mnt/data/out.txt', 'w').write('x')\nprint(1 / 0)"
         upstream.push(

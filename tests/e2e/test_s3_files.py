@@ -8,7 +8,6 @@ import itertools
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from tests.e2e.conftest import REPO, Stack
 from tests.e2e.test_two_services import free_port
 from tests.proxy.conftest import KEY_A
 from tests.s3server import S3Server
+from tests.servers import wait_until_up
 from tests.upstream import code_call, completion
 
 MIB = 1024 * 1024
@@ -165,16 +165,7 @@ def s3_server_process(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_until_up(proc, url, log)
         yield url, proc.pid
     finally:
         proc.terminate()

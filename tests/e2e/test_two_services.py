@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import sdk_client
 from tests.e2e.conftest import REPO
 from tests.proxy.conftest import KEY_A
+from tests.servers import wait_until_up
 from tests.upstream import ScriptedUpstream, code_call, completion
 
 TOKEN = "internal-token-" + "t" * 32
@@ -48,19 +49,6 @@ def start(args: list[str], env: dict[str, str], port: int, log: Path) -> "subpro
             stderr=subprocess.STDOUT,
             cwd=log.parent,
         )
-
-
-def wait_until_up(proc: "subprocess.Popen[bytes]", url: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
 
 
 def stop(proc: "subprocess.Popen[bytes]", log: Path) -> None:
