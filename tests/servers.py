@@ -9,6 +9,9 @@ Two shapes, both yielding the server's base URL (`http://127.0.0.1:<port>`):
 
 Both run the app's lifespan, bind a free port before starting (no race for the port), fail
 loudly if startup fails, and stop the server (closing its connections) on exit.
+
+`wait_until_up(proc, url, log)` is for a service started as its own process (`codeproxy …`):
+it waits for `/health`, and fails with the process's log if it died or never answered.
 """
 
 import asyncio
