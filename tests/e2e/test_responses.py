@@ -503,6 +503,20 @@ def test_a_failure_mid_stream_is_an_error_event(stack: Stack) -> None:
     assert not any(e["type"] == "response.completed" for e in events)
 
 
+def test_the_sdk_stream_helper_sees_a_failure_mid_stream(stack: Stack) -> None:
+    from tests.upstream import Error
+
+    stack.upstream.push(
+        completion(tool_calls=[code_call("print(1)")]),
+        Error(500, {"error": {"message": "boom", "type": "server_error", "param": None}}),
+    )
+    with stack.client().responses.stream(model="gpt-test", input="go", tools=CI) as stream:
+        kinds = [event.type for event in stream]
+        with pytest.raises(RuntimeError, match=r"response\.completed"):
+            stream.get_final_response()
+    assert kinds[-2:] == ["error", "response.failed"]
+
+
 def test_an_upstream_error_before_streaming_keeps_its_status(stack: Stack) -> None:
     from tests.upstream import Error
 
